@@ -1,0 +1,347 @@
+"""``lvs-extension run``: follow the topology and keep keepalived in step with it.
+
+One thread owns all state.  The feed (file, MQTT or HTTP -- exactly one) pushes
+:class:`~.feeds.FeedUpdate` items into a queue; the loop applies them to the current
+:class:`~.topology.Topology` and, once changes have settled (:mod:`.coalesce`),
+runs the pipeline::
+
+    plan -> mass-removal guard -> drain -> render -> keepalived -t, write, SIGHUP
+
+Rules the loop keeps:
+
+* nothing is written before the first complete topology (events before it are
+  dropped: they cannot be applied to nothing);
+* a malformed or unappliable update is logged once per distinct problem and ignored
+  -- the last good topology stays;
+* losing the feed changes nothing: the last applied configuration stays untouched;
+* planner warnings are logged when they first appear, not on every render;
+* SIGHUP re-requests the complete topology (re-reads the file) and forces a
+  re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Callable, Dict, Optional, Set
+
+from ..errors import HostError, LvsError, SettingsError, TopologyError
+from .coalesce import Coalescer
+from .drain import Drain
+from .feeds import Feed, FeedUpdate
+from .guard import MassRemovalGuard
+from .keepalived import Keepalived, ValidationError
+from .plan import plan
+from .render import render
+from .topology import Topology, apply_event, parse_topology
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+#: longest the loop blocks without checking signals and the stop event
+_POLL = 0.2
+#: updates handled before the loop looks at its timers again
+_BATCH = 5000
+#: a logged problem is cut to this many characters (payloads can be megabytes)
+_MAX_MESSAGE = 400
+
+
+class ProblemLog:
+    """Logs each distinct problem once (per category), so junk cannot flood the log.
+
+    ``forget(category)`` re-arms a category once its problem is gone (e.g. the
+    topology file parses again), so a recurrence is reported again.  At most *limit*
+    distinct problems are remembered; beyond that they are counted, not logged.
+    """
+
+    def __init__(self, logger: logging.Logger, limit: int = 1000) -> None:
+        self._log = logger
+        self._limit = limit
+        self._seen: Dict[str, Set[str]] = {}
+        self.suppressed = 0
+
+    def report(self, category: str, message: str, level: int = logging.WARNING,
+               exc_info: bool = False) -> bool:
+        if len(message) > _MAX_MESSAGE:
+            message = message[:_MAX_MESSAGE] + "..."
+        seen = self._seen.setdefault(category, set())
+        if message in seen:
+            self._log.debug("%s (repeated)", message)
+            return False
+        if sum(map(len, self._seen.values())) >= self._limit:
+            self.suppressed += 1
+            if self.suppressed == 1:
+                self._log.warning("too many distinct problems; further ones are not logged")
+            return False
+        seen.add(message)
+        self._log.log(level, "%s", message, exc_info=exc_info)
+        return True
+
+    def forget(self, category: str) -> None:
+        self._seen.pop(category, None)
+
+
+def _secret(path: Optional[str], env: str) -> Optional[str]:
+    """A password/token from a file (first line) or else the environment."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise SettingsError(env.lower(), path, f"cannot read: {exc.strerror}") from None
+    return os.environ.get(env) or None
+
+
+def build_feed(settings) -> Feed:
+    """The one feed the settings name; ``SettingsError`` unless exactly one is set."""
+    chosen = [flag for flag, value in (("--topology-file", settings.topology_file),
+                                       ("--mqtt", settings.mqtt),
+                                       ("--http", settings.http_url)) if value]
+    if len(chosen) != 1:
+        raise SettingsError("feed", " ".join(chosen) or "(none)",
+                            "exactly one of --topology-file, --mqtt, --http is required")
+    if settings.topology_file:
+        from .feeds.file import FileFeed
+        return FileFeed(settings.topology_file)
+    if settings.mqtt:
+        from .feeds.mqtt import MqttFeed
+        return MqttFeed(settings.mqtt, username=settings.mqtt_username or None,
+                        password=_secret(settings.mqtt_password_file, "LVS_MQTT_PASSWORD"),
+                        ca_file=settings.mqtt_ca_file or None,
+                        client_id=settings.mqtt_client_id or None)
+    from .feeds.http import HttpFeed
+    timeout = settings.http_timeout
+    if not isinstance(timeout, (tuple, list)):
+        timeout = (min(float(timeout), 3.0), float(timeout))
+    return HttpFeed(settings.http_url, interval=settings.http_interval,
+                    token=_secret(settings.http_token_file, "LVS_HTTP_TOKEN"),
+                    ca_file=settings.http_ca_file or None, timeout=tuple(timeout))
+
+
+def keepalived_for(settings) -> Keepalived:
+    return Keepalived(settings.keepalived_conf, binary=settings.keepalived_bin,
+                      pidfile=settings.keepalived_pidfile,
+                      reload_command=settings.reload_command)
+
+
+class Director:
+    """The loop's state and pipeline; single-threaded, clock passed in.
+
+    ``handle(update, now)`` folds one feed update into the topology;
+    ``tick(now)`` converges when the coalescer, a drain or a held mass removal is
+    due; ``deadline()`` says when ``tick`` next has work.
+    """
+
+    def __init__(self, settings, keepalived: Keepalived) -> None:
+        self.settings = settings
+        self.keepalived = keepalived
+        self.topology: Optional[Topology] = None
+        self.coalescer = Coalescer(settings.quiet_period, settings.max_delay)
+        self.guard = MassRemovalGuard(settings.mass_removal_threshold,
+                                      settings.mass_removal_hold,
+                                      settings.allow_mass_removal)
+        self.drain = Drain(settings.drain_seconds)
+        self.problems = ProblemLog(log)
+        self._warned: frozenset = frozenset()
+        self._applied_text: Optional[str] = None
+        self._force = False
+        self.handled = 0       #: feed updates handled (applied or ignored)
+        self.renders = 0       #: times the pipeline ran
+        self.reloads = 0       #: reloads signalled
+
+    # -- feed updates ---------------------------------------------------------------
+
+    def handle(self, update: FeedUpdate, now: float) -> bool:
+        """Fold *update* into the topology; True when the topology changed."""
+        self.handled += 1
+        try:
+            new = self._fold(update)
+        except TopologyError as exc:
+            self.problems.report(update.name, f"ignored {update.name} from {update.source}: "
+                                 f"{exc}")
+            return False
+        except Exception as exc:  # never let one payload end the service
+            self.problems.report(update.name, f"ignored {update.name} from {update.source}: "
+                                 f"unexpected {type(exc).__name__}: {exc}",
+                                 logging.ERROR, exc_info=True)
+            return False
+        if new is None or new is self.topology:
+            return False
+        if update.complete and new == self.topology:   # e.g. a file re-read on SIGHUP
+            return False
+        if self.topology is None:
+            log.info("first complete topology received from %s", update.source)
+        self.topology = new
+        self.coalescer.touch(now)
+        return True
+
+    def _fold(self, update: FeedUpdate) -> Optional[Topology]:
+        if update.complete:
+            topology = parse_topology(update.payload)
+            self.problems.forget(update.name)
+            return topology
+        if self.topology is None:
+            self.problems.report("before-complete", f"ignoring {update.name} and other "
+                                 "events until the first complete topology arrives",
+                                 logging.INFO)
+            return None
+        return apply_event(self.topology, update.name, update.payload)
+
+    # -- converging -----------------------------------------------------------------
+
+    def force(self) -> None:
+        """Re-render and re-apply at the next tick even if nothing changed."""
+        self._force = True
+
+    def deadline(self) -> Optional[float]:
+        times = [t for t in (self.coalescer.deadline(), self.drain.deadline(),
+                             self.guard.deadline()) if t is not None]
+        return min(times) if times else None
+
+    def tick(self, now: float) -> bool:
+        """Run the pipeline if due; True when it ran."""
+        if self.topology is None:
+            return False
+        deadline = self.deadline()
+        if not self._force and (deadline is None or now < deadline):
+            return False
+        try:
+            self._converge(now)
+        except Exception as exc:
+            self.problems.report("converge", f"could not apply the topology: "
+                                 f"{type(exc).__name__}: {exc}", logging.ERROR,
+                                 exc_info=not isinstance(exc, LvsError))
+        return True
+
+    def _converge(self, now: float) -> None:
+        force, self._force = self._force, False
+        self.coalescer.reset()
+        self.renders += 1
+        try:
+            result = plan(self.settings, self.topology)
+        except SettingsError as exc:
+            self.problems.report("plan", f"keeping the current configuration: {exc}",
+                                 logging.ERROR)
+            return
+        self.problems.forget("plan")
+        warnings = frozenset(result.warnings)
+        for warning in result.warnings:
+            if warning not in self._warned:
+                log.warning("%s", warning)
+        self._warned = warnings
+        decision = self.guard.check(result.config, now)
+        config = self.drain.apply(decision.config, now)
+        text = render(self.settings, config)
+        if text == self._applied_text and not force:
+            return
+        try:
+            applied = self.keepalived.apply(text)
+        except ValidationError as exc:
+            self.problems.report("apply", "keepalived rejected the rendered configuration; "
+                                 f"keeping the last good file: {exc}", logging.ERROR)
+            return
+        except (HostError, OSError) as exc:
+            self.problems.report("apply", f"could not apply the configuration: {exc}",
+                                 logging.ERROR)
+            return
+        self.problems.forget("apply")
+        self._applied_text = text
+        if applied.reloaded:
+            self.reloads += 1
+        if applied.changed:
+            log.info("applied %d virtual servers, %d real servers (%d draining)%s%s",
+                     len(config.virtual_servers), config.real_server_count(),
+                     self.drain.draining, ", reloaded" if applied.reloaded else "",
+                     ", mass removal held back" if decision.held else "")
+
+
+class _Signals:
+    """SIGTERM/SIGINT -> stop, SIGHUP -> refresh; only from the main thread.
+
+    The handlers only set flags: the loop polls them (it never blocks longer than
+    ``_POLL``), so no lock is ever taken inside a signal handler.
+    """
+
+    def __init__(self) -> None:
+        self.stop = False
+        self.hup = False
+        self._old: Dict[int, object] = {}
+
+    def __enter__(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in ((signal.SIGTERM, self._on_stop),
+                                 (signal.SIGINT, self._on_stop),
+                                 (signal.SIGHUP, self._on_hup)):
+                self._old[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self.stop = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.hup = True
+
+
+def run(settings, stop: Optional[threading.Event] = None, *,
+        clock: Clock = time.monotonic, feed: Optional[Feed] = None,
+        keepalived: Optional[Keepalived] = None,
+        director: Optional[Director] = None) -> int:
+    """Follow the topology until SIGTERM/SIGINT or *stop* is set; returns 0.
+
+    :param feed: defaults to the one the settings name (:func:`build_feed`, which
+        raises ``SettingsError`` unless exactly one is configured).
+    :param keepalived: defaults to :func:`keepalived_for` the settings.
+    :param director: lets a caller (tests, bench) inspect the loop's counters.
+    """
+    feed = feed or build_feed(settings)
+    if director is None:
+        director = Director(settings, keepalived or keepalived_for(settings))
+    stop = stop or threading.Event()
+    updates: "queue.Queue[FeedUpdate]" = queue.Queue()
+    with _Signals() as signals:
+        feed.start(updates.put)
+        log.info("following the topology from the %s feed", feed.name)
+        try:
+            _loop(director, feed, updates, stop, signals, clock)
+        finally:
+            feed.stop()
+    log.info("stopped")
+    return 0
+
+
+def _loop(director: Director, feed: Feed, updates: "queue.Queue[FeedUpdate]",
+          stop: threading.Event, signals: _Signals, clock: Clock) -> None:
+    while not (stop.is_set() or signals.stop):
+        if signals.hup:
+            signals.hup = False
+            log.info("SIGHUP: re-reading the topology and re-rendering")
+            feed.refresh()
+            director.force()
+        timeout = _POLL
+        deadline = director.deadline()
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - clock()))
+        try:
+            update: Optional[FeedUpdate] = updates.get(timeout=timeout)
+        except queue.Empty:
+            update = None
+        handled = 0
+        while update is not None:
+            director.handle(update, clock())
+            handled += 1
+            if handled >= _BATCH:
+                break
+            try:
+                update = updates.get_nowait()
+            except queue.Empty:
+                update = None
+        director.tick(clock())

@@ -1,0 +1,77 @@
+"""Service-test helpers: a fake keepalived process that counts SIGHUPs, and settings.
+
+Also used by ``bench/bench_feeds.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from . import _stratos as st
+from ._feedutil import wait_for
+
+_FAKE = r"""
+import os, signal, sys, time
+count_file = sys.argv[1]
+hups = 0
+def on_hup(signum, frame):
+    global hups
+    hups += 1
+    with open(count_file + ".tmp", "w") as f:
+        f.write(str(hups))
+    os.replace(count_file + ".tmp", count_file)
+signal.signal(signal.SIGHUP, on_hup)
+with open(count_file, "w") as f:
+    f.write("0")
+while True:
+    time.sleep(3600)
+"""
+
+
+class FakeKeepalived:
+    """A process standing in for keepalived: a pid file, and a count of SIGHUPs."""
+
+    def __init__(self, workdir: str) -> None:
+        self.pidfile = os.path.join(workdir, f"keepalived-{os.getpid()}-{time.time_ns()}.pid")
+        self.count_file = self.pidfile + ".hups"
+        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, self.count_file])
+        wait_for(lambda: os.path.exists(self.count_file), 10, "fake keepalived")
+        with open(self.pidfile, "w") as f:
+            f.write(f"{self.proc.pid}\n")
+
+    def hups(self) -> int:
+        with open(self.count_file) as f:
+            return int(f.read() or 0)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def make_settings(workdir: str, **overrides):
+    """Director settings for a test: one service per VIP, files inside *workdir*."""
+    from cartridge_agent_lvs.director.settings import load
+    values = dict(vip_map=st.vip_map([0]), interface="lo",
+                  keepalived_conf=os.path.join(workdir, "keepalived.conf"))
+    values.update(overrides)
+    return load(values)
+
+
+@pytest.fixture
+def fake_keepalived(tmp_path):
+    fake = FakeKeepalived(str(tmp_path))
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def director_settings(tmp_path, fake_keepalived):
+    def make(**overrides):
+        overrides.setdefault("keepalived_pidfile", fake_keepalived.pidfile)
+        return make_settings(str(tmp_path), **overrides)
+    return make

@@ -1,0 +1,87 @@
+"""Graceful drain: leavers get weight 0, then go; a comeback is restored at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from cartridge_agent_lvs.director.drain import Drain
+
+from ._lvs import VIP, ips, lvs, weights
+
+A, B, C = ips(3)
+
+
+def test_leaver_is_weight_zero_until_the_drain_ends():
+    d = Drain(30)
+    assert weights(d.apply(lvs(A, B, C), 0)) == {(VIP, 80, A): 1, (VIP, 80, B): 1,
+                                                 (VIP, 80, C): 1}
+    out = d.apply(lvs(A, B), 10)
+    assert weights(out)[(VIP, 80, C)] == 0 and weights(out)[(VIP, 80, A)] == 1
+    assert d.deadline() == 40 and d.draining == 1
+    assert weights(d.apply(lvs(A, B), 39.9))[(VIP, 80, C)] == 0   # re-render mid-drain
+    out = d.apply(lvs(A, B), 40)
+    assert weights(out) == {(VIP, 80, A): 1, (VIP, 80, B): 1}
+    assert d.deadline() is None and d.draining == 0
+
+
+def test_comeback_is_restored_at_once():
+    d = Drain(30)
+    d.apply(lvs(A, B), 0)
+    d.apply(lvs(A), 1)
+    out = d.apply(lvs(A, B), 2)
+    assert weights(out) == {(VIP, 80, A): 1, (VIP, 80, B): 1}
+    assert d.deadline() is None
+    # leaving again starts a fresh drain period
+    d.apply(lvs(A), 5)
+    assert d.deadline() == 35
+
+
+def test_last_real_servers_leaving_keep_their_weight_until_the_drain_ends():
+    # keepalived 2.2.7 -t rejects a virtual server whose real servers all weigh 0
+    d = Drain(30)
+    d.apply(lvs(A, B, C), 0)
+    d.apply(lvs(B, C), 1)                     # A leaves first: weight 0
+    out = d.apply(lvs(), 2)                   # then the last two together
+    assert weights(out) == {(VIP, 80, A): 0, (VIP, 80, B): 1, (VIP, 80, C): 1}
+    assert out.virtual_servers[0].service == "svc"
+    assert weights(d.apply(lvs(), 31)) == {(VIP, 80, B): 1, (VIP, 80, C): 1}
+    assert d.apply(lvs(), 32).virtual_servers == ()
+
+
+def test_drain_deadline_does_not_move_on_rerender():
+    d = Drain(30)
+    d.apply(lvs(A, B), 0)
+    d.apply(lvs(A), 10)
+    d.apply(lvs(A), 20)
+    assert d.deadline() == 40
+
+
+def test_staggered_leavers_have_their_own_deadlines():
+    d = Drain(30)
+    d.apply(lvs(A, B, C), 0)
+    d.apply(lvs(A, B), 0)
+    d.apply(lvs(A), 10)
+    assert d.deadline() == 30
+    assert weights(d.apply(lvs(A), 30)) == {(VIP, 80, A): 1, (VIP, 80, B): 0}
+    assert d.deadline() == 40
+
+
+def test_zero_disables_draining():
+    d = Drain(0)
+    d.apply(lvs(A, B), 0)
+    desired = lvs(A)
+    assert d.apply(desired, 1) is desired and d.deadline() is None
+
+
+def test_output_is_deterministic_and_sorted():
+    d1, d2 = Drain(30), Drain(30)
+    for d in (d1, d2):
+        d.apply(lvs(C, B, A), 0)
+    assert d1.apply(lvs(C), 1) == d2.apply(lvs(C), 1)
+    rss = d1.apply(lvs(C), 2).virtual_servers[0].real_servers
+    assert [r.key for r in rss] == sorted(r.key for r in rss)
+
+
+def test_negative_drain_is_rejected():
+    with pytest.raises(ValueError):
+        Drain(-1)

@@ -1,0 +1,150 @@
+"""The HTTP feed against a real local HTTP server (http.server in a thread)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import logging
+import threading
+import time
+
+import pytest
+
+from cartridge_agent_lvs.director.feeds import COMPLETE, Backoff
+from cartridge_agent_lvs.director.feeds import http as http_feed
+from cartridge_agent_lvs.director.feeds.http import HttpFeed
+
+from ._feedutil import running_feeds, wait_for
+
+
+class TopologyServer:
+    """Serves ``body`` at /topology with a strong ETag; knobs for failures."""
+
+    def __init__(self) -> None:
+        self.body = b'{"topology": {}}'
+        self.etags = True
+        self.status = 200
+        self.delay = 0.0
+        self.requests = []          # (path, headers dict)
+        self.replies = []           # status codes sent
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append((self.path, dict(self.headers)))
+                time.sleep(outer.delay)
+                etag = '"%s"' % hashlib.sha1(outer.body).hexdigest()
+                if outer.status != 200:
+                    code, body = outer.status, b"nope"
+                elif outer.etags and self.headers.get("If-None-Match") == etag:
+                    code, body = 304, b""
+                else:
+                    code, body = 200, outer.body
+                outer.replies.append(code)
+                self.send_response(code)
+                if outer.etags and code in (200, 304):
+                    self.send_header("ETag", etag)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/topology"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = TopologyServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def feeds():
+    with running_feeds(HttpFeed, interval=0.05,
+                       backoff=lambda: Backoff(initial=0.05, cap=0.1)) as start:
+        yield start
+
+
+def test_pushes_once_then_uses_etags(server, feeds):
+    feed, sink = feeds(server.url)
+    assert sink.wait(1)[0].name == COMPLETE
+    wait_for(lambda: server.replies.count(304) >= 3, what="304 replies")
+    assert len(sink.updates) == 1                         # 304 pushes nothing
+    assert server.requests[1][1]["If-None-Match"].startswith('"')
+    server.body = b'{"topology": {"serviceMap": {}}}'
+    assert sink.wait(2)[1].payload == server.body
+
+
+def test_without_etags_identical_bodies_are_not_pushed_twice(server, feeds):
+    server.etags = False
+    feed, sink = feeds(server.url)
+    wait_for(lambda: len(server.requests) >= 5, what="polls")
+    assert len(sink.updates) == 1
+
+
+def test_errors_back_off_log_once_and_recover(server, feeds, caplog):
+    server.status = 503
+    with caplog.at_level(logging.INFO, logger="cartridge_agent_lvs.director.feeds"):
+        feed, sink = feeds(server.url, backoff=Backoff(initial=0.05, cap=0.2))
+        wait_for(lambda: len(server.requests) >= 5, what="retries")
+        assert sink.updates == []
+        server.status = 200
+        sink.wait(1)
+    assert caplog.text.count("HTTP 503") == 1
+    assert caplog.text.count(": ok") == 1
+
+
+def test_backoff_grows_between_failures(server, feeds):
+    server.status = 500
+    feeds(server.url, interval=0.01, backoff=Backoff(initial=0.1, cap=0.4, jitter=0))
+    time.sleep(1.0)
+    # 0.1 + 0.2 + 0.4 + 0.4 ... : about 4 requests in a second, not 100
+    assert 3 <= len(server.requests) <= 6
+
+
+def test_read_timeout_is_an_error_not_a_hang(server, feeds, caplog):
+    server.delay = 1.0
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feed, sink = feeds(server.url, timeout=(1.0, 0.2))
+        wait_for(lambda: "read timeout" in caplog.text, what="read timeout")
+    assert sink.updates == []
+
+
+def test_connection_refused_is_reported(feeds, caplog):
+    from .conftest_broker import free_port
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feeds(f"http://127.0.0.1:{free_port()}/t")
+        wait_for(lambda: "connection failed" in caplog.text, what="refusal")
+
+
+def test_bearer_token_is_sent(server, feeds):
+    feed, sink = feeds(server.url, token="t0ken")
+    sink.wait(1)
+    assert server.requests[0][1]["Authorization"] == "Bearer t0ken"
+
+
+def test_oversized_body_is_refused(server, feeds, monkeypatch, caplog):
+    monkeypatch.setattr(http_feed, "MAX_PAYLOAD_BYTES", 100)
+    server.body = b"{" + b" " * 5000 + b"}"
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feeds(server.url)
+        wait_for(lambda: "larger than 100 bytes" in caplog.text, what="size limit")
+    assert caplog.text.count("larger than") == 1
+
+
+def test_refresh_fetches_again_even_if_unchanged(server, feeds):
+    feed, sink = feeds(server.url, interval=30)
+    sink.wait(1)
+    feed.refresh()
+    assert sink.wait(2)[1].payload == sink.updates[0].payload

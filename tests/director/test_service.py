@@ -1,0 +1,318 @@
+"""``lvs-extension run`` end to end: real broker / file / HTTP server, real
+``keepalived -t``, a fake keepalived process counting the SIGHUPs it is sent."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from cartridge_agent_lvs.director import service
+from cartridge_agent_lvs.director.feeds import Backoff
+from cartridge_agent_lvs.director.feeds.mqtt import MqttFeed
+from cartridge_agent_lvs.errors import SettingsError
+
+from . import _stratos as st
+from ._feedutil import Client, FakeStratos, wait_for
+from ._service import director_settings, fake_keepalived  # noqa: F401
+from .conftest_broker import broker, broker_factory  # noqa: F401
+
+pytestmark = [pytest.mark.keepalived]
+
+RS_RE = re.compile(r"real_server (\S+) (\d+) \{\s*weight (\d+)")
+
+
+def real_servers(conf_text: str) -> dict:
+    """{ip: weight} of every real_server block in a keepalived.conf."""
+    return {ip: int(w) for ip, _, w in RS_RE.findall(conf_text)}
+
+
+class Running:
+    """``service.run`` in a thread; ``conf()`` reads the live file."""
+
+    def __init__(self, settings, **kw) -> None:
+        self.settings = settings
+        self.stop = threading.Event()
+        self.director = service.Director(settings, service.keepalived_for(settings))
+        self.result = []
+        self.thread = threading.Thread(
+            target=lambda: self.result.append(
+                service.run(settings, self.stop, director=self.director, **kw)),
+            daemon=True)
+        self.thread.start()
+
+    def conf(self) -> str:
+        try:
+            with open(self.settings.keepalived_conf) as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def servers(self) -> dict:
+        return real_servers(self.conf())
+
+    def wait_servers(self, expected: dict, timeout: float = 15.0) -> None:
+        wait_for(lambda: self.servers() == expected, timeout,
+                 f"real servers {expected}, have {self.servers()}")
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "service did not stop"
+        return self.result[0]
+
+
+@pytest.fixture
+def running():
+    made = []
+
+    def start(settings, **kw) -> Running:
+        made.append(Running(settings, **kw))
+        return made[-1]
+
+    yield start
+    for r in made:
+        if r.thread.is_alive():
+            r.close()
+
+
+def fast_mqtt(settings) -> MqttFeed:
+    return MqttFeed(settings.mqtt, backoff=Backoff(initial=0.05, cap=0.2))
+
+
+def active(*members, s=0) -> dict:
+    return {st.member_ip(s, i): 1 for i in members}
+
+
+# -- MQTT ---------------------------------------------------------------------------
+
+@pytest.mark.broker
+def test_mqtt_follows_stratos(broker, director_settings, fake_keepalived, running):
+    settings = director_settings(mqtt=[broker.address], drain_seconds=0)
+    pub = Client(broker)
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        pub.publish("MemberActivatedEvent", st.member_event(0, 9))  # before complete
+        time.sleep(1.0)
+        assert svc.conf() == "" and fake_keepalived.hups() == 0   # nothing written yet
+        pub.publish("CompleteTopologyEvent", st.topology({0: [0, 1, 2]}, inactive={0: [3]}))
+        svc.wait_servers(active(0, 1, 2))
+        wait_for(lambda: fake_keepalived.hups() == 1, what="one reload")
+        pub.publish("MemberActivatedEvent", st.member_event(0, 3))
+        svc.wait_servers(active(0, 1, 2, 3))
+        pub.publish("MemberTerminatedEvent", st.member_event(0, 1))
+        svc.wait_servers(active(0, 2, 3))
+        wait_for(lambda: fake_keepalived.hups() == 3, what="three reloads")
+    finally:
+        pub.close()
+    assert svc.close() == 0
+
+
+@pytest.mark.broker
+def test_burst_gives_one_reload(broker, director_settings, fake_keepalived, running):
+    settings = director_settings(mqtt=[broker.address], quiet_period=0.4, drain_seconds=0)
+    stratos = FakeStratos(broker, st.topology({0: range(40)}, inactive={0: range(40, 60)}))
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        svc.wait_servers(active(*range(40)))
+        wait_for(lambda: fake_keepalived.hups() == 1, what="first reload")
+        for i in range(20):                                   # 40 events in a burst
+            stratos.publish("MemberSuspendedEvent", st.member_event(0, i))
+            stratos.publish("MemberActivatedEvent", st.member_event(0, i + 40))
+        svc.wait_servers(active(*range(20, 60)))
+        time.sleep(1.0)
+        assert fake_keepalived.hups() == 2
+    finally:
+        stratos.close()
+
+
+@pytest.mark.broker
+def test_broker_restart_mid_stream(broker, director_settings, fake_keepalived, running):
+    settings = director_settings(mqtt=[broker.address], quiet_period=0.1, drain_seconds=0)
+    stratos = FakeStratos(broker, st.topology({0: [0, 1, 2, 3]}))
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        svc.wait_servers(active(0, 1, 2, 3))
+        broker.stop()
+        time.sleep(0.5)
+        assert svc.servers() == active(0, 1, 2, 3)     # feed loss changes nothing
+        # while the broker is down a member leaves; only the complete topology
+        # re-requested after the reconnect can tell
+        stratos.topology = st.topology({0: [0, 1, 2]})
+        broker.start()
+        svc.wait_servers(active(0, 1, 2))
+        assert fake_keepalived.hups() == 2
+    finally:
+        stratos.close()
+
+
+@pytest.mark.broker
+def test_broker_down_at_startup(broker_factory, director_settings, fake_keepalived,
+                                running):
+    late = broker_factory()
+    settings = director_settings(mqtt=[late.address])
+    svc = running(settings, feed=fast_mqtt(settings))
+    time.sleep(1.0)
+    assert svc.conf() == "" and svc.thread.is_alive()
+    late.start()
+    stratos = FakeStratos(late, st.topology({0: [5, 6]}))
+    try:
+        svc.wait_servers(active(5, 6))
+        assert fake_keepalived.hups() == 1
+    finally:
+        stratos.close()
+
+
+JUNK = [
+    ("MemberActivatedEvent", b"{not json"),
+    ("MemberActivatedEvent", b"\xff\xfe garbage"),
+    ("MemberActivatedEvent", b"[]"),
+    ("MemberActivatedEvent", b'{"memberId": 5}'),
+    ("NoSuchEvent", b"{}"),
+    ("MemberActivatedEvent", json.dumps(dict(st.member_event(0, 1), serviceName="nope"))),
+    ("MemberActivatedEvent", json.dumps(dict(st.member_event(0, 1),
+                                             clusterId="no.such.cluster"))),
+    ("MemberTerminatedEvent", json.dumps(dict(st.member_event(0, 1),
+                                              memberId="svc0.member-999"))),
+    ("MemberActivatedEvent", json.dumps(st.member_event(0, 0))),   # duplicate activation
+    ("MemberSuspendedEvent", json.dumps(st.member_event(0, 2))),   # already suspended
+    ("MemberActivatedEvent", b"[" * 100000 + b"]" * 100000),       # deep nesting
+    ("MemberActivatedEvent", b'{"x": "' + b"a" * (8 << 20) + b'"}'),  # 8 MiB
+    ("CompleteTopologyEvent", b'{"topology": {"serviceMap": {"svc0": '),  # truncated
+    ("CompleteTopologyEvent", b"null"),
+    ("ServiceRemovedEvent", b'{"serviceName": 7}'),
+]
+
+
+@pytest.mark.broker
+def test_junk_never_crashes_nor_changes_the_config(broker, director_settings,
+                                                   fake_keepalived, running, caplog):
+    settings = director_settings(mqtt=[broker.address], quiet_period=0.1, drain_seconds=0)
+    stratos = FakeStratos(broker, st.topology({0: [0, 1]}, inactive={0: [2]}))
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        svc.wait_servers(active(0, 1))
+        good = svc.conf()
+        handled = svc.director.handled
+        with caplog.at_level(logging.WARNING):
+            for _ in range(2):                              # each junk item twice
+                for name, payload in JUNK:
+                    stratos.publish(name, payload)
+            wait_for(lambda: svc.director.handled >= handled + 2 * len(JUNK), 30,
+                     "junk handled")
+            time.sleep(0.5)
+        assert svc.conf() == good and fake_keepalived.hups() == 1
+        assert svc.thread.is_alive()
+        ignored = [r.getMessage() for r in caplog.records if "ignored" in r.getMessage()]
+        assert len(ignored) == len(set(ignored))            # each problem logged once
+        # ... and the service still follows real events
+        stratos.publish("MemberActivatedEvent", st.member_event(0, 2))
+        svc.wait_servers(active(0, 1, 2))
+    finally:
+        stratos.close()
+
+
+@pytest.mark.broker
+def test_mass_removal_is_held_then_applied(broker, director_settings, fake_keepalived,
+                                           running, caplog):
+    settings = director_settings(mqtt=[broker.address], quiet_period=0.1,
+                                 drain_seconds=0, mass_removal_hold=2)
+    stratos = FakeStratos(broker, st.topology({0: range(10)}))
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        svc.wait_servers(active(*range(10)))
+        with caplog.at_level(logging.WARNING):
+            stratos.publish("CompleteTopologyEvent", st.topology({0: [0, 1]}))  # 8 of 10
+            wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="warning")
+        time.sleep(1.0)
+        assert svc.servers() == active(*range(10)) and fake_keepalived.hups() == 1
+        svc.wait_servers(active(0, 1), timeout=5)            # applied after the hold
+        assert fake_keepalived.hups() == 2
+    finally:
+        stratos.close()
+
+
+@pytest.mark.broker
+def test_drain_weight_zero_then_removed_and_comeback(broker, director_settings,
+                                                     fake_keepalived, running):
+    settings = director_settings(mqtt=[broker.address], quiet_period=0.1,
+                                 drain_seconds=1.5)
+    stratos = FakeStratos(broker, st.topology({0: [0, 1, 2]}))
+    try:
+        svc = running(settings, feed=fast_mqtt(settings))
+        svc.wait_servers(active(0, 1, 2))
+        stratos.publish("MemberSuspendedEvent", st.member_event(0, 2))
+        svc.wait_servers(dict(active(0, 1), **{st.member_ip(0, 2): 0}))
+        t = time.monotonic()
+        svc.wait_servers(active(0, 1))
+        assert time.monotonic() - t > 1.0
+        # a member leaving and coming back within the drain is restored at once
+        stratos.publish("MemberSuspendedEvent", st.member_event(0, 1))
+        svc.wait_servers({st.member_ip(0, 0): 1, st.member_ip(0, 1): 0})
+        stratos.publish("MemberActivatedEvent", st.member_event(0, 1))
+        svc.wait_servers(active(0, 1), timeout=1.0)
+        time.sleep(2.0)
+        assert svc.servers() == active(0, 1) and fake_keepalived.hups() == 5
+    finally:
+        stratos.close()
+
+
+# -- file and HTTP feeds --------------------------------------------------------------
+
+def write_json(path, doc) -> None:
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(doc if isinstance(doc, str) else json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def test_file_feed_change_reloads_once_bad_file_keeps_last_good(
+        tmp_path, director_settings, fake_keepalived, running, caplog):
+    topo = tmp_path / "topology.json"
+    write_json(topo, st.topology({0: [0, 1]}))
+    settings = director_settings(topology_file=str(topo), quiet_period=0.1,
+                                 drain_seconds=0)
+    svc = running(settings)
+    svc.wait_servers(active(0, 1))
+    write_json(topo, st.topology({0: [0, 1, 2]}))
+    svc.wait_servers(active(0, 1, 2))
+    time.sleep(0.8)
+    assert fake_keepalived.hups() == 2
+    with caplog.at_level(logging.WARNING):
+        write_json(topo, '{"topology": {"serviceMap": ')            # truncated
+        time.sleep(1.5)
+    assert svc.servers() == active(0, 1, 2) and fake_keepalived.hups() == 2
+    assert sum("ignored CompleteTopologyEvent" in r.getMessage()
+               for r in caplog.records) == 1
+    write_json(topo, st.topology({0: [1]}))
+    svc.wait_servers(active(1))
+    assert svc.close() == 0
+
+
+def test_http_feed(tmp_path, director_settings, fake_keepalived, running):
+    from .test_feed_http import TopologyServer
+    server = TopologyServer()
+    try:
+        server.body = json.dumps(st.topology({0: [3, 4]})).encode()
+        settings = director_settings(http_url=server.url, http_interval=0.1,
+                                     quiet_period=0.1, drain_seconds=0)
+        svc = running(settings)
+        svc.wait_servers(active(3, 4))
+        server.body = json.dumps(st.topology({0: [3, 4, 5]})).encode()
+        svc.wait_servers(active(3, 4, 5))
+        server.status = 500                               # feed loss: keep last good
+        time.sleep(0.5)
+        assert svc.servers() == active(3, 4, 5) and fake_keepalived.hups() == 2
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("feeds", [{}, {"topology_file": "/x", "http_url": "http://x/"}])
+def test_exactly_one_feed_is_required(director_settings, feeds):
+    with pytest.raises(SettingsError, match="exactly one of"):
+        service.build_feed(director_settings(**feeds))

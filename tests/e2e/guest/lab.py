@@ -1,0 +1,371 @@
+"""Guest-side plumbing for the end-to-end suite: namespaces, processes, probes.
+
+Runs INSIDE the VM only. Sets up what a data centre would provide -- a bridge, hosts
+(network namespaces with a veth into the bridge), HTTP servers, a message broker -- and
+observes the result (HTTP from the client, ARP, the neighbour table, ``/proc/net/ip_vs``).
+It never configures LVS itself: real servers and directors are configured by the
+project's command-line tools only (see ``runner.py``).
+
+Observation inside a namespace uses a thread that has ``setns``-ed into it (network
+namespaces are per thread): sockets it opens live in that namespace, and
+``/proc/thread-self/net`` shows that namespace's tables. That is much cheaper than a
+process per probe under software emulation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+CLONE_NEWNET = 0x40000000
+BRIDGE = "lvsbr0"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class LabError(RuntimeError):
+    """A fixture step failed (the message names the command and its output)."""
+
+
+def enter_netns(name: str) -> None:
+    """Move the calling thread into network namespace ``name``."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class NetnsWorker:
+    """One thread living in a network namespace; ``call`` runs a function there."""
+
+    def __init__(self, ns: str):
+        self.ns = ns
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ns-{ns}",
+                                        initializer=enter_netns, initargs=(ns,))
+
+    def call(self, fn: Callable, *args, timeout: float = 30.0, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs).result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.1,
+              what: str = "condition"):
+    """Poll ``predicate`` until truthy; return ``(value, seconds)`` or raise TimeoutError."""
+    start = time.monotonic()
+    while True:
+        value = predicate()
+        elapsed = time.monotonic() - start
+        if value:
+            return value, elapsed
+        if elapsed > timeout:
+            raise TimeoutError(f"{what}: not reached within {timeout:.1f} s")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- observation helpers
+
+def http_get(address: str, port: int = 80, timeout: float = 1.0) -> str:
+    """One HTTP/1.0 GET on a fresh connection; the body (the server's name)."""
+    with socket.create_connection((address, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        host = f"[{address}]" if ":" in address else address
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        chunks = []
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                break
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+        raise OSError(f"bad HTTP response: {head[:60]!r}")
+    return body.decode().strip()
+
+
+@dataclass
+class Request:
+    start: float
+    end: float
+    server: str | None
+    error: str | None = None
+
+
+@dataclass
+class RequestStream:
+    """A client loop sending one request every ``interval`` s until stopped."""
+
+    worker: NetnsWorker
+    address: str
+    interval: float = 0.05
+    timeout: float = 0.5
+    results: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        enter_netns(self.worker.ns)
+        while not self._stop.is_set():
+            start = time.monotonic()
+            server, error = None, None
+            try:
+                server = http_get(self.address, timeout=self.timeout)
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            self.results.append(Request(start, time.monotonic(), server, error))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
+
+    def __enter__(self) -> "RequestStream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def failures(self) -> list:
+        return [r for r in self.results if r.error]
+
+    def longest_gap(self) -> tuple[float, int]:
+        """Longest time between two successful answers that had failures between them.
+
+        Returns ``(seconds, failed_requests_in_that_gap)``; ``(0.0, 0)`` without failures.
+        """
+        best = (0.0, 0)
+        last_ok = None
+        failed = 0
+        for r in self.results:
+            if r.error:
+                failed += 1
+                continue
+            if failed and last_ok is not None:
+                best = max(best, (r.end - last_ok, failed))
+            last_ok, failed = r.end, 0
+        return best
+
+
+def arp_probe(ifname: str, target: str, wait: float = 1.0, count: int = 3) -> set:
+    """Broadcast ARP requests for ``target`` on ``ifname``; the set of MACs that answered.
+
+    Uses a raw packet socket, so every reply is seen (the neighbour table keeps one).
+    Call it from a thread inside the namespace (``NetnsWorker.call``).
+    """
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    try:
+        sock.bind((ifname, 0x0806))
+        mac = sock.getsockname()[4]
+        src = _first_ipv4(ifname)
+        frame = (b"\xff" * 6 + mac + struct.pack("!H", 0x0806)
+                 + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + socket.inet_aton(src)
+                 + b"\x00" * 6 + socket.inet_aton(target))
+        answers = set()
+        deadline = time.monotonic() + wait
+        for _ in range(count):
+            sock.send(frame)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(128)
+            except socket.timeout:
+                break
+            if len(data) >= 42 and struct.unpack("!H", data[20:22])[0] == 2 \
+                    and data[28:32] == socket.inet_aton(target):
+                answers.add(data[22:28].hex(":"))
+        return answers
+    finally:
+        sock.close()
+
+
+def resolve(address: str, wait: float = 1.5) -> None:
+    """Make the kernel resolve ``address`` (one UDP datagram to the discard port), then wait.
+
+    Call it from a thread inside the namespace; read the neighbour table afterwards.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(b"who-has", (address, 9))
+        except OSError:
+            pass  # unreachable: exactly what an unanswered ARP looks like
+    time.sleep(wait)
+
+
+def _first_ipv4(ifname: str) -> str:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", ifname],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return out[out.index("inet") + 1].split("/")[0]
+
+
+def parse_ip_vs(text: str) -> dict:
+    """``/proc/net/ip_vs`` -> ``{"TCP 10.99.0.100:80": {"10.99.0.21:80": {...}}}``.
+
+    Each real server maps to ``{"method": "Route", "weight": 1, "active": 0, "inactive": 3}``.
+    """
+    services: dict = {}
+    current = None
+    for line in text.splitlines()[3:]:
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "->":
+            services[current][_hexaddr(parts[1])] = {
+                "method": parts[2], "weight": int(parts[3]),
+                "active": int(parts[4]), "inactive": int(parts[5])}
+        else:
+            current = f"{parts[0]} {_hexaddr(parts[1])}"
+            services[current] = {}
+    return services
+
+
+def _hexaddr(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if host.startswith("["):
+        addr = ipaddress.IPv6Address(host[1:-1])
+        return f"[{addr}]:{int(port, 16)}"
+    return f"{ipaddress.IPv4Address(int(host, 16))}:{int(port, 16)}"
+
+
+def read_ip_vs() -> dict:
+    """The IPVS table of the calling thread's namespace (call through ``NetnsWorker``)."""
+    with open("/proc/thread-self/net/ip_vs") as f:
+        return parse_ip_vs(f.read())
+
+
+def read_ip_vs_conns() -> int:
+    """Total connections IPVS scheduled in the calling thread's namespace (``ip_vs_stats``)."""
+    with open("/proc/thread-self/net/ip_vs_stats") as f:
+        return int(f.read().splitlines()[2].split()[0], 16)
+
+
+def read_sysctl(name: str) -> str:
+    """A sysctl of the calling thread's namespace (net.* follows the thread)."""
+    with open("/proc/sys/" + name.replace(".", "/")) as f:
+        return f.read().strip()
+
+
+# ---------------------------------------------------------------- the lab itself
+
+@dataclass
+class Host:
+    name: str
+    ipv4: str
+    ipv6: str
+    mac: str
+    worker: NetnsWorker
+
+
+class Lab:
+    """Namespaces on one bridge, processes, and their cleanup (always, in reverse)."""
+
+    def __init__(self, workdir: Path, prefix: str = "e2e"):
+        self.workdir = workdir
+        self.logdir = workdir / "logs"
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.prefix = prefix
+        self.hosts: dict[str, Host] = {}
+        self._procs: list[tuple[str, subprocess.Popen]] = []
+        self._bridge = False
+
+    # -- commands
+    def sh(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float = 60,
+           env: dict | None = None, log: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` (inside namespace ``ns`` if given); append its output to ``log``."""
+        full = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **(env or {})})
+        if log:
+            with open(self.logdir / log, "a") as f:
+                f.write(f"$ {' '.join(full)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
+        if check and proc.returncode != 0:
+            raise LabError(f"{' '.join(full)} failed (exit {proc.returncode}): "
+                           f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+        return proc
+
+    def start(self, label: str, argv: list, ns: str | None = None, env: dict | None = None) -> subprocess.Popen:
+        """Start a long-running process; its output goes to ``logs/<label>.log``."""
+        full = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
+        log = open(self.logdir / f"{label}.log", "a")
+        log.write(f"$ {' '.join(full)}\n")
+        log.flush()
+        proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, start_new_session=True)
+        log.close()
+        self._procs.append((label, proc))
+        return proc
+
+    def stop(self, proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+        """Signal a process group and wait; SIGKILL if it does not go."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+            except ProcessLookupError:
+                pass
+        return proc.returncode
+
+    # -- topology
+    def create_bridge(self) -> None:
+        self.sh("ip", "link", "add", BRIDGE, "type", "bridge")
+        self._bridge = True
+        self.sh("ip", "link", "set", BRIDGE, "up")
+
+    def add_host(self, name: str, ipv4: str, ipv6: str) -> Host:
+        """A namespace with ``eth0`` (IPv4 /24 and IPv6 /64, no DAD) on the bridge."""
+        ns = f"{self.prefix}-{name}"
+        self.sh("ip", "netns", "add", ns)
+        self.hosts[name] = None  # cleaned up even if the rest fails
+        peer = f"v-{name}"[:15]
+        self.sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self.sh("ip", "link", "set", peer, "master", BRIDGE, "up")
+        script = (
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"
+            " net.ipv6.conf.eth0.accept_dad=0"
+            f" && ip link set lo up && ip link set eth0 up"
+            f" && ip addr add {ipv4}/24 dev eth0 && ip addr add {ipv6}/64 dev eth0 nodad"
+            " && cat /sys/class/net/eth0/address")
+        mac = self.sh("sh", "-c", script, ns=ns).stdout.strip()
+        host = Host(name, ipv4, ipv6, mac, NetnsWorker(ns))
+        self.hosts[name] = host
+        return host
+
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    def cleanup(self) -> list[str]:
+        """Stop every process, delete every namespace and the bridge. Returns problems."""
+        problems = []
+        for label, proc in reversed(self._procs):
+            try:
+                self.stop(proc, signal.SIGTERM, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - cleanup must go on
+                problems.append(f"stop {label}: {exc}")
+        for name, host in list(self.hosts.items()):
+            if host:
+                host.worker.close()
+            proc = self.sh("ip", "netns", "del", self.ns(name), check=False)
+            if proc.returncode:
+                problems.append(f"netns del {name}: {proc.stderr.strip()}")
+        self.hosts.clear()
+        if self._bridge:
+            self.sh("ip", "link", "del", BRIDGE, check=False)
+            self._bridge = False
+        return problems
