@@ -48,15 +48,35 @@ class FakeKeepalived:
         with open(self.count_file) as f:
             return int(f.read() or 0)
 
+    def expect(self, n: int, settle: float = 0.3) -> None:
+        """Exactly *n* SIGHUPs: wait for the n-th (the signal trails the file rename),
+        then make sure no further one follows within *settle* seconds."""
+        wait_for(lambda: self.hups() >= n, 10, f"{n} reloads")
+        time.sleep(settle)
+        assert self.hups() == n
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
+def vrrp_interface() -> str:
+    """An Ethernet interface of this host: ``keepalived -t`` checks that the VRRP
+    interface exists and refuses loopback."""
+    for name in sorted(os.listdir("/sys/class/net")):
+        try:
+            with open(f"/sys/class/net/{name}/type") as f:
+                if f.read().strip() == "1" and name != "lo":   # ARPHRD_ETHER
+                    return name
+        except OSError:
+            continue
+    pytest.skip("no Ethernet interface on this host for keepalived -t")
+
+
 def make_settings(workdir: str, **overrides):
     """Director settings for a test: one service per VIP, files inside *workdir*."""
     from cartridge_agent_lvs.director.settings import load
-    values = dict(vip_map=st.vip_map([0]), interface="lo",
+    values = dict(vip_map=st.vip_map([0]), interface=vrrp_interface(),
                   keepalived_conf=os.path.join(workdir, "keepalived.conf"))
     values.update(overrides)
     return load(values)

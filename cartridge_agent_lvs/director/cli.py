@@ -1,0 +1,185 @@
+"""``lvs-extension``: the director's command line.
+
+Verbs:
+
+``render``   the keepalived.conf for a topology file on stdout, warnings on stderr;
+             no side effects.
+``check``    settings + topology + the rendered file through ``keepalived -t``.
+``run``      the long-running service (:mod:`.service`): follow a topology feed and
+             keep keepalived in step.
+``stats``    IPVS services and real servers with their counters (netlink), and the
+             in-flight connections per cluster.
+``settings`` the effective settings, as config-file lines.
+
+Errors are one line on stderr and a non-zero exit: 2 for bad input (settings,
+topology, usage), 1 when the host or keepalived refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional, Sequence
+
+from ..errors import InputError, LvsError, TopologyError
+from . import settings as settings_mod
+from .keepalived import Keepalived, ValidationError
+
+PROG = "lvs-extension"
+log = logging.getLogger(PROG)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="LVS extension: Stratos topology -> "
+                     "validated keepalived.conf -> graceful reload.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
+                                  parser_class=_Parser)
+
+    def verb(name: str, help_: str, topology: bool = False) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=help_, description=help_)
+        if topology:
+            sub.add_argument("--topology", metavar="FILE", required=True,
+                             help="CompleteTopologyEvent JSON (or the bare topology)")
+        settings_mod.add_arguments(sub)
+        return sub
+
+    verb("render", "print the keepalived.conf for a topology file", topology=True)
+    verb("check", "validate settings, topology and the rendered file with keepalived -t",
+         topology=True)
+    verb("run", "follow the topology and keep keepalived in step (SIGHUP: re-read, "
+         "SIGTERM/SIGINT: stop)")
+    verb("settings", "print the effective settings as config-file lines")
+    stats = verbs.add_parser("stats", help="IPVS counters per virtual/real server and "
+                             "in-flight connections per cluster")
+    stats.add_argument("--json", action="store_true", help="one JSON document")
+    stats.add_argument("--netns", metavar="NAME", help="read IPVS in this network namespace")
+    stats.add_argument("--topology", metavar="FILE",
+                       help="topology to attribute real servers to clusters "
+                       "(with --vip-map / --config)")
+    settings_mod.add_arguments(stats)
+    return parser
+
+
+def read_topology(path: str):
+    from .topology import parse_topology
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return parse_topology(data)
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc}") from None
+
+
+def _planned(args, settings):
+    from .plan import plan
+    from .render import render
+    result = plan(settings, read_topology(args.topology))
+    for warning in result.warnings:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    return result.config, render(settings, result.config)
+
+
+def _render(args, settings) -> int:
+    sys.stdout.write(_planned(args, settings)[1])
+    return 0
+
+
+def _check(args, settings) -> int:
+    config, text = _planned(args, settings)
+    Keepalived(settings.keepalived_conf, binary=settings.keepalived_bin).validate(text)
+    print(f"OK: keepalived accepts the file: {len(config.virtual_servers)} virtual servers, "
+          f"{config.real_server_count()} real servers, {len(config.vips)} VIPs")
+    return 0
+
+
+def _run(args, settings) -> int:
+    from .service import run
+    return run(settings)
+
+
+def _settings(args, settings) -> int:
+    for option in settings_mod.OPTIONS:
+        value = getattr(settings, option.name)
+        print(f"{option.name} = {_config_value(option.name, value)}")
+    return 0
+
+
+def _config_value(name: str, value) -> str:
+    """A parsed value written back the way the config file takes it."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if name == "vip_map":
+        return ",".join(f"{svc}|{vip}" for svc, vip in value)
+    if name == "mqtt":
+        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
+    if name == "reload_command":
+        import shlex
+        return shlex.join(value)
+    if name == "sorry_server":
+        return f"{value[0]} {value[1]}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _stats(args) -> int:
+    from . import stats
+    config = None
+    if args.topology:
+        from .plan import plan
+        config = plan(settings_mod.load(args), read_topology(args.topology)).config
+    services = stats.read_ipvs(args.netns)
+    totals = stats.cluster_totals(services, config)
+    print(stats.to_json(services, totals) if args.json
+          else stats.format_table(services, totals))
+    return 0
+
+
+_VERBS = {"render": _render, "check": _check, "run": _run, "settings": _settings}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "stats":
+            _logging("WARNING")
+            return _stats(args)
+        settings = settings_mod.load(args)
+        _logging(settings.log_level)
+        return _VERBS[args.verb](args, settings)
+    except ValidationError as exc:
+        print(f"{PROG}: error: keepalived rejected the rendered file "
+              f"(exit {exc.returncode}):", file=sys.stderr)
+        for line in exc.messages:
+            print(f"  {line}", file=sys.stderr)
+        return 1
+    except (InputError, TopologyError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except LvsError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level), stream=sys.stderr,
+                        format=f"{PROG}: %(levelname)s: %(message)s")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,515 @@
+"""Director settings: one table of options -> config file keys, CLI flags, defaults.
+
+Every setting is declared once in :data:`OPTIONS` with its parser, default and help.
+From that table come
+
+* the config file format: ``key = value`` lines, ``#`` / ``;`` comments, keys spelt
+  with ``_`` or ``-`` (the Java extension's property names, e.g.
+  ``lvs.service.virtualip.set``, are accepted as aliases);
+* the command-line flags (``--vip-map`` for ``vip_map`` ...), see :func:`add_arguments`;
+* the README table of keys and defaults (``lvs-extension settings`` prints it).
+
+Precedence: defaults < config file < command line.  Every value is parsed here, once:
+whatever reaches :class:`Settings` is valid, so nothing downstream re-checks it and
+nothing a user types can add a directive to ``keepalived.conf``.  A bad value raises
+:class:`~cartridge_agent_lvs.errors.SettingsError` naming the key (or flag), the value
+and the file:line it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ..addresses import check_ifname, check_safe_name, parse_host_ip, parse_port
+from ..errors import SettingsError
+
+# -- value parsers ------------------------------------------------------------------
+# Each takes (value, key, source, line); value is a str (file, flag) or already a
+# Python value (dict given by a caller); each returns the parsed value or raises.
+
+Parser = Callable[[Any, str, Optional[str], Optional[int]], Any]
+
+# characters that could break out of a keepalived line or block
+_UNSAFE = re.compile(r"[\s{}\"'#!\\]")
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._~%/?=&+:@,;-]*$")
+
+
+def _fail(value: Any, key: str, source: Optional[str], line: Optional[int], reason: str):
+    raise SettingsError(key, value, reason, source, line)
+
+
+def choice(*allowed: str, case: bool = True) -> Parser:
+    """One of *allowed*; with ``case=False`` matched case-insensitively."""
+    def parse(value, key, source, line):
+        if isinstance(value, str):
+            for a in allowed:
+                if value == a or (not case and value.lower() == a.lower()):
+                    return a
+        _fail(value, key, source, line, "must be one of " + ", ".join(allowed))
+    return parse
+
+
+def integer(lo: int, hi: int) -> Parser:
+    def parse(value, key, source, line):
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(value, key, source, line, "not an integer")
+        if not lo <= value <= hi:
+            _fail(value, key, source, line, f"must be {lo}-{hi}")
+        return value
+    return parse
+
+
+def number(lo: float, hi: float) -> Parser:
+    def parse(value, key, source, line):
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", value.strip()):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(value, key, source, line, "not a number")
+        if not lo <= value <= hi:
+            _fail(value, key, source, line, f"must be between {lo:g} and {hi:g}")
+        return value
+    return parse
+
+
+def boolean(value, key, source, line) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+    _fail(value, key, source, line, "must be true or false")
+
+
+def text(value, key, source, line) -> str:
+    """Free text that never reaches keepalived.conf (paths, URLs, ids): one line."""
+    if not isinstance(value, str) or not value or any(c in value for c in "\r\n\0"):
+        _fail(value, key, source, line, "must be one non-empty line")
+    return value
+
+
+def optional(parse: Parser) -> Parser:
+    """*parse*, or None for an empty value / ``none``."""
+    def wrapped(value, key, source, line):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        return parse(value, key, source, line)
+    return wrapped
+
+
+def conf_word(value, key, source, line) -> str:
+    """A path that keepalived.conf itself refers to: no whitespace, quotes, braces."""
+    value = text(value, key, source, line)
+    if _UNSAFE.search(value):
+        _fail(value, key, source, line, "must not contain whitespace, quotes, braces, "
+              "'#', '!' or '\\'")
+    return value
+
+
+def ifname(value, key, source, line) -> str:
+    return check_ifname(value, key, error=SettingsError, source=_at(source, line))
+
+
+def safe_name(value, key, source, line) -> str:
+    return check_safe_name(value, key, error=SettingsError, source=_at(source, line))
+
+
+def auth_pass(value, key, source, line) -> str:
+    """VRRP PASS authentication: 1-8 printable characters (keepalived truncates more)."""
+    value = conf_word(value, key, source, line)
+    if len(value) > 8 or not value.isprintable():
+        _fail("***", key, source, line, "must be 1-8 printable characters (keepalived "
+              "truncates longer passwords)")
+    return value
+
+
+def http_path(value, key, source, line) -> str:
+    if not isinstance(value, str) or not _PATH_RE.match(value) or len(value) > 1024:
+        _fail(value, key, source, line, "must be an absolute URL path without spaces, "
+              "quotes, braces, '#' or '!'")
+    return value
+
+
+def command(value, key, source, line) -> Tuple[str, ...]:
+    """A command line, split like a shell would (run without a shell)."""
+    if isinstance(value, (list, tuple)):
+        words = tuple(value)
+    else:
+        value = text(value, key, source, line)
+        try:
+            words = tuple(shlex.split(value))
+        except ValueError as exc:
+            _fail(value, key, source, line, f"cannot be split into words: {exc}")
+    if not words or not all(isinstance(w, str) and w for w in words):
+        _fail(value, key, source, line, "must be a command")
+    return words
+
+
+def endpoint(value, key, source, line) -> Tuple[str, int]:
+    """``IP:PORT``, ``[IPv6]:PORT`` or ``HOST:PORT`` (hostname), or a (host, port) pair."""
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        host, port = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\S+)|([^:\s\[\]]+):(\S+)", value.strip())
+        if not m:
+            _fail(value, key, source, line, "must be HOST:PORT")
+        host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    else:
+        _fail(value, key, source, line, "must be HOST:PORT")
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}", host):
+        _fail(value, key, source, line, "not a host name or address")
+    return host, parse_port(port, key, error=SettingsError, source=_at(source, line))
+
+
+def endpoints(value, key, source, line) -> Tuple[Tuple[str, int], ...]:
+    """One or more endpoints separated by commas (a broker list: first is preferred)."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    result = tuple(endpoint(v.strip() if isinstance(v, str) else v, key, source, line)
+                   for v in items)
+    if not result:
+        _fail(value, key, source, line, "must name at least one HOST:PORT")
+    return result
+
+
+def host_port(value, key, source, line) -> Tuple[str, int]:
+    """``IP PORT`` or ``IP:PORT`` where IP is a literal address (keepalived sorry_server)."""
+    if isinstance(value, str):
+        parts = value.split()
+        if len(parts) == 1 and value.count(":") == 1:
+            parts = value.split(":")
+    else:
+        parts = list(value)
+    if len(parts) != 2:
+        _fail(value, key, source, line, "must be 'IP PORT'")
+    ip = parse_host_ip(parts[0], key, error=SettingsError, source=_at(source, line))
+    return ip.compressed, parse_port(parts[1], key, error=SettingsError,
+                                     source=_at(source, line))
+
+
+def vip_map(value, key, source, line) -> Tuple[Tuple[str, str], ...]:
+    """Service -> VIP: the Stratos string ``svc|VIP,svc|VIP`` or a mapping.
+
+    Returns ``((service, vip), ...)`` sorted by service; a service named twice is an
+    error, as is an unusable address.  A VIP may serve several services (on
+    different ports; the planner rejects a VIP:port:protocol claimed twice).
+    """
+    if isinstance(value, Mapping):
+        pairs = [(k, v) for k, v in value.items()]
+    elif isinstance(value, str):
+        pairs = []
+        for item in re.split(r"[,\s]+", value.strip()):
+            if not item:
+                continue
+            name, sep, vip = item.partition("|")
+            if not sep or not name or not vip:
+                _fail(item, key, source, line, "must be SERVICE|VIP (pairs separated by ',')")
+            pairs.append((name, vip))
+    else:
+        _fail(value, key, source, line, "must be SERVICE|VIP,SERVICE|VIP")
+    result: Dict[str, str] = {}
+    where = _at(source, line)
+    for name, vip in pairs:
+        check_safe_name(name, key, error=SettingsError, source=where)
+        if name in result:
+            _fail(name, key, source, line, "service named twice")
+        result[name] = parse_host_ip(vip, key, error=SettingsError, source=where).compressed
+    if not result:
+        _fail(value, key, source, line, "must name at least one SERVICE|VIP pair")
+    return tuple(sorted(result.items()))
+
+
+def _at(source: Optional[str], line: Optional[int]) -> Optional[str]:
+    """``source:line`` as one string for the address helpers' *source* argument."""
+    if source and line:
+        return f"{source}:{line}"
+    return source
+
+
+# -- the table --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    parse: Parser
+    default: Any
+    help: str
+    group: str
+    metavar: Optional[str] = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+_G_SVC, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP = (
+    "services", "VRRP (director high availability)", "IPVS virtual servers",
+    "health checks", "keepalived", "topology feed", "service loop")
+
+OPTIONS: Tuple[Option, ...] = (
+    Option("vip_map", vip_map, None, "service -> VIP map, 'svc|VIP,svc|VIP' (mandatory)",
+           _G_SVC, "MAP"),
+    # VRRP
+    Option("state", choice("MASTER", "BACKUP", case=False), "MASTER",
+           "initial VRRP role of this director", _G_VRRP),
+    Option("priority", integer(1, 254), 100, "VRRP priority (the higher wins)", _G_VRRP),
+    Option("virtual_router_id", integer(1, 255), 51,
+           "VRRP virtual router id, the same on every director of the pair", _G_VRRP),
+    Option("interface", ifname, "eth0", "interface VRRP runs on and the VIPs are added to",
+           _G_VRRP),
+    Option("auth_pass", optional(auth_pass), None,
+           "VRRP PASS authentication for the IPv4 instance, at most 8 characters "
+           "(weak: sent in clear; keep VRRP on a trusted segment)", _G_VRRP, "PASSWORD"),
+    Option("advert_int", number(0.01, 255), 1, "VRRP advertisement interval, seconds",
+           _G_VRRP),
+    Option("nopreempt", boolean, False,
+           "a recovered higher-priority director does not take the VIPs back "
+           "(needs state BACKUP on both)", _G_VRRP),
+    Option("router_id", safe_name, "lvs_extension", "keepalived router_id (global_defs)",
+           _G_VRRP),
+    # IPVS
+    Option("scheduler", choice("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed",
+                               "nq", "mh", "fo", "ovf", "twos"), "rr", "IPVS scheduler",
+           _G_IPVS),
+    Option("forwarding_method", choice("DR", "NAT", "TUN", case=False), "DR",
+           "IPVS forwarding method", _G_IPVS),
+    Option("protocol", choice("TCP", "UDP", "SCTP", case=False), "TCP",
+           "protocol of a port whose portMap protocol is not tcp/udp/sctp/http(s)", _G_IPVS),
+    Option("persistence_timeout", integer(0, 31536000), 0,
+           "client affinity in seconds (0 = none)", _G_IPVS),
+    Option("weight", integer(1, 65535), 1, "weight of every real server", _G_IPVS),
+    Option("sorry_server", optional(host_port), None,
+           "'IP PORT' served while every real server of a virtual server is down",
+           _G_IPVS, "IP PORT"),
+    # health checks
+    Option("health_check", choice("TCP_CHECK", "HTTP_GET", "SSL_GET", "NONE", case=False),
+           "TCP_CHECK", "health check of every real server", _G_CHECK),
+    Option("http_path", http_path, "/", "URL path of HTTP_GET / SSL_GET", _G_CHECK, "PATH"),
+    Option("http_status", integer(100, 599), 200, "expected HTTP status code", _G_CHECK),
+    Option("delay_loop", integer(1, 86400), 6, "seconds between health checks", _G_CHECK),
+    Option("connect_timeout", integer(1, 3600), 3, "health check timeout, seconds",
+           _G_CHECK),
+    Option("retry", integer(0, 100), 1, "failed checks before a real server is removed",
+           _G_CHECK),
+    # keepalived
+    Option("keepalived_conf", conf_word, "/etc/keepalived/keepalived.conf",
+           "the file written (mode 0600)", _G_KA, "FILE"),
+    Option("keepalived_bin", text, "keepalived", "keepalived binary used for 'keepalived -t'",
+           _G_KA, "FILE"),
+    Option("keepalived_pidfile", optional(text), "/run/keepalived.pid",
+           "pid file of the keepalived to SIGHUP after a change", _G_KA, "FILE"),
+    Option("reload_command", optional(command), None,
+           "command that reloads keepalived instead of the SIGHUP, e.g. "
+           "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND"),
+    # feeds
+    Option("topology_file", optional(text), None,
+           "follow this CompleteTopologyEvent JSON file (re-read on change and SIGHUP)",
+           _G_FEED, "FILE"),
+    Option("mqtt", optional(endpoints), None,
+           "follow the Stratos broker(s) over MQTT, HOST:PORT[,HOST:PORT...]", _G_FEED,
+           "BROKERS"),
+    Option("mqtt_username", optional(text), None, "MQTT user name", _G_FEED, "NAME"),
+    Option("mqtt_password_file", optional(text), None,
+           "file holding the MQTT password (else $LVS_MQTT_PASSWORD)", _G_FEED, "FILE"),
+    Option("mqtt_ca_file", optional(text), None, "CA bundle: connect to the broker with TLS",
+           _G_FEED, "FILE"),
+    Option("mqtt_client_id", optional(text), None, "MQTT client id (default: random)",
+           _G_FEED, "ID"),
+    Option("http_url", optional(text), None,
+           "poll a CompleteTopologyEvent JSON document at this URL", _G_FEED, "URL"),
+    Option("http_interval", number(0.01, 86400), 5, "seconds between HTTP polls", _G_FEED),
+    Option("http_timeout", number(0.01, 3600), 10, "HTTP read timeout, seconds", _G_FEED),
+    Option("http_token_file", optional(text), None,
+           "file holding a bearer token for the HTTP feed (else $LVS_HTTP_TOKEN)", _G_FEED,
+           "FILE"),
+    Option("http_ca_file", optional(text), None, "CA bundle for the HTTPS feed", _G_FEED,
+           "FILE"),
+    # loop
+    Option("quiet_period", number(0, 3600), 1,
+           "apply once the topology has been quiet this long (coalesces bursts)", _G_LOOP),
+    Option("max_delay", number(0, 3600), 10,
+           "apply at the latest this long after the first unapplied change", _G_LOOP),
+    Option("drain_seconds", number(0, 86400), 30,
+           "a leaving real server keeps weight 0 this long before removal (0 = at once)",
+           _G_LOOP),
+    Option("mass_removal_threshold", number(0, 1), 0.5,
+           "hold back an update removing more than this share of all real servers",
+           _G_LOOP),
+    Option("mass_removal_hold", number(0, 86400), 60,
+           "... until it is still the case after this many seconds", _G_LOOP),
+    Option("allow_mass_removal", boolean, False, "apply mass removals at once", _G_LOOP),
+    Option("log_level", choice("DEBUG", "INFO", "WARNING", "ERROR", case=False), "INFO",
+           "log level", _G_LOOP),
+)
+
+BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+
+#: property names of the original Java extension, accepted in config files
+ALIASES = {
+    "lvs.service.virtualip.set": "vip_map",
+    "server.state": "state",
+    "schedule.algorithm": "scheduler",
+    "conf.file.path": "keepalived_conf",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    vip_map: Tuple[Tuple[str, str], ...]
+    state: str
+    priority: int
+    virtual_router_id: int
+    interface: str
+    auth_pass: Optional[str]
+    advert_int: float
+    nopreempt: bool
+    router_id: str
+    scheduler: str
+    forwarding_method: str
+    protocol: str
+    persistence_timeout: int
+    weight: int
+    sorry_server: Optional[Tuple[str, int]]
+    health_check: str
+    http_path: str
+    http_status: int
+    delay_loop: int
+    connect_timeout: int
+    retry: int
+    keepalived_conf: str
+    keepalived_bin: str
+    keepalived_pidfile: Optional[str]
+    reload_command: Optional[Tuple[str, ...]]
+    topology_file: Optional[str]
+    mqtt: Optional[Tuple[Tuple[str, int], ...]]
+    mqtt_username: Optional[str]
+    mqtt_password_file: Optional[str]
+    mqtt_ca_file: Optional[str]
+    mqtt_client_id: Optional[str]
+    http_url: Optional[str]
+    http_interval: float
+    http_timeout: float
+    http_token_file: Optional[str]
+    http_ca_file: Optional[str]
+    quiet_period: float
+    max_delay: float
+    drain_seconds: float
+    mass_removal_threshold: float
+    mass_removal_hold: float
+    allow_mass_removal: bool
+    log_level: str
+
+    @property
+    def services(self) -> Dict[str, str]:
+        """service name -> VIP."""
+        return dict(self.vip_map)
+
+
+assert [f.name for f in fields(Settings)] == [o.name for o in OPTIONS], "table and Settings differ"
+
+
+# -- sources ------------------------------------------------------------------------
+
+def read_config(path: str) -> Dict[str, Tuple[str, int]]:
+    """``{name: (raw value, line)}`` from a config file; SettingsError on any bad line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise SettingsError("--config", path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError("--config", path, "not UTF-8 text") from None
+    found: Dict[str, Tuple[str, int]] = {}
+    for number_, raw in enumerate(lines, 1):
+        stripped = raw.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep:
+            raise SettingsError(key, stripped, "expected 'key = value'", path, number_)
+        name = ALIASES.get(key, key.replace("-", "_"))
+        if name not in BY_NAME:
+            raise SettingsError(key, value.strip(), "unknown setting", path, number_)
+        if name in found:
+            raise SettingsError(key, value.strip(),
+                                f"set twice (first on line {found[name][1]})", path, number_)
+        found[name] = (value.strip(), number_)
+    return found
+
+
+def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
+    """Settings from defaults, then *config_path*, then *given*.
+
+    *given* is an ``argparse.Namespace`` (attributes named after the options; absent
+    or None = not given; ``config`` names the config file) or a plain dict of option
+    names to values (strings or Python values).
+    """
+    values: Dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    if isinstance(given, argparse.Namespace):
+        config_path = config_path or getattr(given, "config", None)
+        items = {k: v for k, v in vars(given).items() if k in BY_NAME and v is not None}
+        flags = True
+    else:
+        items = dict(given or {})
+        unknown = sorted(set(items) - set(BY_NAME))
+        if unknown:
+            raise SettingsError(unknown[0], items[unknown[0]], "unknown setting")
+        flags = False
+    parsed: Dict[str, Any] = {}
+    if config_path:
+        for name, (raw, line) in read_config(config_path).items():
+            parsed[name] = BY_NAME[name].parse(raw, name, config_path, line)
+    for name, value in items.items():
+        option = BY_NAME[name]
+        parsed[name] = option.parse(value, option.flag if flags else name, None, None)
+    values.update(parsed)
+    if values["vip_map"] is None:
+        raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
+                            "vip_map in the config file", config_path)
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, exclude: Tuple[str, ...] = ()) -> None:
+    """One flag per option, grouped; values stay strings, :func:`load` parses them."""
+    groups: Dict[str, Any] = {}
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file of 'key = value' lines (flags override it)")
+    for option in OPTIONS:
+        if option.name in exclude:
+            continue
+        group = groups.get(option.group)
+        if group is None:
+            group = groups[option.group] = parser.add_argument_group(option.group)
+        extra = dict(nargs="?", const="true") if option.parse is boolean else {}
+        group.add_argument(option.flag, dest=option.name, metavar=option.metavar,
+                           help=f"{option.help} (default: {describe(option)})", **extra)
+
+
+def describe(option: Option) -> str:
+    """The default as a user would write it."""
+    value = option.default
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def reference_table() -> str:
+    """The reST table of every key, its flag and default (README ``Settings``)."""
+    rows = [(f"``{o.name}``", f"``{o.flag}``", describe(o), o.help) for o in OPTIONS]
+    head = ("key", "flag", "default", "meaning")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    rule = "  ".join("=" * w for w in widths)
+    out = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), rule]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    out.append(rule)
+    return "\n".join(out)

@@ -1,0 +1,339 @@
+"""The Stratos topology as plain immutable data, and the events that change it.
+
+:func:`parse_topology` reads a ``CompleteTopologyEvent`` (``{"topology": {...}}``) or
+the bare topology object; :func:`apply_event` folds one topology event into a
+:class:`Topology` and returns a new one.  Both check the *structure* (objects where
+objects belong, ids as strings) and raise :class:`~cartridge_agent_lvs.errors.TopologyError`
+without applying anything when it is wrong.  Field *contents* (addresses, ports, ids
+that end up in keepalived.conf) are kept as given: the planner validates them member
+by member and skips, with a warning, a member it cannot use -- one bad member must not
+hide the others.
+
+Field names are Stratos' Gson names (``serviceMap``, ``clusterIdClusterMap``,
+``memberMap``, ``memberStateManager.stateStack`` ...): see ``docs/design.rst`` and the
+Stratos notes.  A member's status is the last entry of its state stack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from ..errors import TopologyError
+
+ACTIVE = "Active"
+
+#: member events that only change the member's status
+_STATUS_EVENTS = {
+    "MemberCreatedEvent": "Created",
+    "MemberInitializedEvent": "Initialized",
+    "MemberStartedEvent": "Starting",
+    "MemberActivatedEvent": "Active",
+    "MemberMaintenanceModeEvent": "In_Maintenance",
+    "MemberReadyToShutdownEvent": "ReadyToShutDown",
+    "MemberSuspendedEvent": "Suspended",
+}
+
+
+@dataclass(frozen=True)
+class Port:
+    """One ``portMap`` entry: the load balancer listens on *proxy*, the member on *value*."""
+
+    proxy: Any
+    value: Any
+    protocol: str
+
+
+@dataclass(frozen=True)
+class Member:
+    member_id: str
+    cluster_id: str
+    service_name: str
+    status: str
+    lb_ip_type: str                     #: "Private" or "Public"
+    private_ips: Tuple[Any, ...]        #: default first, then memberPrivateIPs
+    public_ips: Tuple[Any, ...]
+    ports: Tuple[Port, ...]
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    @property
+    def address(self) -> Any:
+        """The IP the load balancer must use (``loadBalancingIPType``), or None."""
+        ips = self.public_ips if self.lb_ip_type.lower() == "public" else self.private_ips
+        return ips[0] if ips else None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    cluster_id: str
+    service_name: str
+    members: Mapping[str, Member]
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    ports: Tuple[Port, ...]
+    clusters: Mapping[str, Cluster]
+
+
+@dataclass(frozen=True)
+class Topology:
+    services: Mapping[str, Service]
+
+    def members(self, service: str):
+        """Every member of *service*, all clusters, ordered by (cluster id, member id)."""
+        svc = self.services.get(service)
+        if svc is None:
+            return []
+        return [svc.clusters[c].members[m] for c in sorted(svc.clusters)
+                for m in sorted(svc.clusters[c].members)]
+
+
+def _frozen(d: Dict[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(d)
+
+
+# -- structure checks ----------------------------------------------------------------
+
+def _obj(value: Any, where: str) -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TopologyError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _map(parent: Dict[str, Any], key: str, where: str) -> Dict[str, Any]:
+    value = parent.get(key)
+    return {} if value is None else _obj(value, f"{where}.{key}")
+
+
+def _str(parent: Dict[str, Any], key: str, where: str, default: Optional[str] = None) -> str:
+    value = parent.get(key, default)
+    if not isinstance(value, str):
+        raise TopologyError(f"{where}.{key}: expected a string, got {_short(value)}")
+    return value
+
+
+def _list(parent: Dict[str, Any], key: str, where: str) -> list:
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TopologyError(f"{where}.{key}: expected a list, got {_short(value)}")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _decode(data: Any, what: str) -> Dict[str, Any]:
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TopologyError(f"{what}: not UTF-8 ({exc.reason} at byte {exc.start})") \
+                from None
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise TopologyError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno})") from None
+        except RecursionError:
+            raise TopologyError(f"{what}: JSON nested too deeply") from None
+    return _obj(data, what)
+
+
+# -- parsing -------------------------------------------------------------------------
+
+def _ports(raw: Any, where: str) -> Tuple[Port, ...]:
+    ports = []
+    for key, entry in sorted(_obj(raw or {}, where).items()):
+        entry = _obj(entry, f"{where}[{key!r}]")
+        protocol = entry.get("protocol") or ""
+        if not isinstance(protocol, str):
+            raise TopologyError(f"{where}[{key!r}].protocol: expected a string")
+        ports.append(Port(entry.get("proxy", key), entry.get("value"), protocol))
+    return tuple(ports)
+
+
+def _ips(raw: Dict[str, Any], default_key: str, list_key: str, where: str) -> Tuple[Any, ...]:
+    ips = []
+    default = raw.get(default_key)
+    if default not in (None, ""):
+        ips.append(default)
+    ips += [ip for ip in _list(raw, list_key, where) if ip not in ips]
+    return tuple(ips)
+
+
+def _status(raw: Dict[str, Any], where: str) -> str:
+    manager = _map(raw, "memberStateManager", where)
+    stack = _list(manager, "stateStack", f"{where}.memberStateManager")
+    if stack:
+        if not isinstance(stack[-1], str):
+            raise TopologyError(f"{where}.memberStateManager.stateStack: expected strings")
+        return stack[-1]
+    status = raw.get("status", "Created")
+    return status if isinstance(status, str) else "Created"
+
+
+def _member(raw: Any, where: str, cluster_id: str, service: str,
+            default_id: Optional[str] = None) -> Member:
+    raw = _obj(raw, where)
+    lb_type = raw.get("loadBalancingIPType") or "Private"
+    if not isinstance(lb_type, str):
+        raise TopologyError(f"{where}.loadBalancingIPType: expected a string")
+    return Member(
+        member_id=_str(raw, "memberId", where, default_id),
+        cluster_id=_str(raw, "clusterId", where, cluster_id),
+        service_name=_str(raw, "serviceName", where, service),
+        status=_status(raw, where),
+        lb_ip_type=lb_type,
+        private_ips=_ips(raw, "defaultPrivateIP", "memberPrivateIPs", where),
+        public_ips=_ips(raw, "defaultPublicIP", "memberPublicIPs", where),
+        ports=_ports(raw.get("portMap"), f"{where}.portMap"))
+
+
+def _cluster(raw: Any, where: str, service: str, default_id: Optional[str] = None) -> Cluster:
+    raw = _obj(raw, where)
+    cluster_id = _str(raw, "clusterId", where, default_id)
+    members = {}
+    for key, m in _map(raw, "memberMap", where).items():
+        member = _member(m, f"{where}.memberMap[{key!r}]", cluster_id, service, key)
+        members[member.member_id] = member
+    return Cluster(cluster_id, _str(raw, "serviceName", where, service), _frozen(members))
+
+
+def _service(raw: Any, where: str, default_name: Optional[str] = None) -> Service:
+    raw = _obj(raw, where)
+    name = _str(raw, "serviceName", where, default_name)
+    clusters = {}
+    for key, c in _map(raw, "clusterIdClusterMap", where).items():
+        cluster = _cluster(c, f"{where}.clusterIdClusterMap[{key!r}]", name, key)
+        clusters[cluster.cluster_id] = cluster
+    return Service(name, _ports(raw.get("portMap"), f"{where}.portMap"), _frozen(clusters))
+
+
+def parse_topology(data: Any) -> Topology:
+    """A :class:`Topology` from a CompleteTopologyEvent or a bare topology object."""
+    doc = _decode(data, "topology")
+    if "topology" in doc:
+        doc = _obj(doc["topology"], "topology")
+    if "serviceMap" not in doc:
+        raise TopologyError("topology: no serviceMap (not a Stratos topology)")
+    services = {}
+    for key, s in _map(doc, "serviceMap", "topology").items():
+        service = _service(s, f"serviceMap[{key!r}]", key)
+        services[service.name] = service
+    return Topology(_frozen(services))
+
+
+# -- events --------------------------------------------------------------------------
+
+def _with_service(topology: Topology, service: Service) -> Topology:
+    services = dict(topology.services)
+    services[service.name] = service
+    return Topology(_frozen(services))
+
+
+def _with_cluster(topology: Topology, cluster: Cluster) -> Topology:
+    service = topology.services.get(cluster.service_name)
+    if service is None:
+        raise TopologyError(f"unknown service {cluster.service_name!r}")
+    clusters = dict(service.clusters)
+    clusters[cluster.cluster_id] = cluster
+    return _with_service(topology, replace(service, clusters=_frozen(clusters)))
+
+
+def _find_cluster(topology: Topology, payload: Dict[str, Any], event: str) -> Cluster:
+    service_name = _str(payload, "serviceName", event)
+    cluster_id = _str(payload, "clusterId", event)
+    service = topology.services.get(service_name)
+    if service is None:
+        raise TopologyError(f"{event}: unknown service {service_name!r}")
+    cluster = service.clusters.get(cluster_id)
+    if cluster is None:
+        raise TopologyError(f"{event}: unknown cluster {cluster_id!r} of service "
+                            f"{service_name!r}")
+    return cluster
+
+
+def _member_event(topology: Topology, event: str, payload: Dict[str, Any]) -> Topology:
+    cluster = _find_cluster(topology, payload, event)
+    member_id = _str(payload, "memberId", event)
+    members = dict(cluster.members)
+    old = members.get(member_id)
+    if event == "MemberTerminatedEvent":
+        if old is None:
+            return topology
+        del members[member_id]
+    else:
+        status = _STATUS_EVENTS[event]
+        raw = payload.get("member") if isinstance(payload.get("member"), dict) else payload
+        fresh = _member(raw, event, cluster.cluster_id, cluster.service_name, member_id)
+        if old is None:
+            new = replace(fresh, status=status)
+        else:
+            # events carry addresses and ports only sometimes: keep what they omit
+            new = replace(old, status=status,
+                          private_ips=fresh.private_ips or old.private_ips,
+                          public_ips=fresh.public_ips or old.public_ips,
+                          ports=fresh.ports or old.ports,
+                          lb_ip_type=(raw.get("loadBalancingIPType") and fresh.lb_ip_type)
+                          or old.lb_ip_type)
+        if new == old:
+            return topology
+        members[member_id] = new
+    return _with_cluster(topology, replace(cluster, members=_frozen(members)))
+
+
+def apply_event(topology: Topology, event_name: str, payload: Any) -> Topology:
+    """*topology* with one event applied (a new object; the same one if unchanged).
+
+    Events that do not change what the load balancer serves (application, tenant,
+    instance events ...) return *topology* itself.  Raises :class:`TopologyError` for
+    a malformed payload or a service/cluster the topology does not have.
+    """
+    if event_name == "CompleteTopologyEvent":
+        return parse_topology(payload)
+    if event_name not in _HANDLED:
+        return topology
+    data = _decode(payload, event_name)
+    if event_name in _STATUS_EVENTS or event_name == "MemberTerminatedEvent":
+        return _member_event(topology, event_name, data)
+    if event_name == "ServiceCreatedEvent":
+        raw = data.get("service", data)
+        service = _service(raw, event_name)
+        old = topology.services.get(service.name)
+        if old is not None:
+            service = replace(service, clusters=old.clusters)
+        return topology if old == service else _with_service(topology, service)
+    if event_name == "ServiceRemovedEvent":
+        name = _str(data, "serviceName", event_name)
+        if name not in topology.services:
+            return topology
+        services = dict(topology.services)
+        del services[name]
+        return Topology(_frozen(services))
+    if event_name == "ClusterCreatedEvent":
+        raw = _obj(data.get("cluster", data), f"{event_name}.cluster")
+        cluster = _cluster(raw, event_name, _str(raw, "serviceName", event_name))
+        return _with_cluster(topology, cluster)
+    # ClusterRemovedEvent
+    cluster = _find_cluster(topology, data, event_name)
+    service = topology.services[cluster.service_name]
+    clusters = dict(service.clusters)
+    del clusters[cluster.cluster_id]
+    return _with_service(topology, replace(service, clusters=_frozen(clusters)))
+
+
+_HANDLED = frozenset(_STATUS_EVENTS) | {"MemberTerminatedEvent", "ServiceCreatedEvent",
+                                        "ServiceRemovedEvent", "ClusterCreatedEvent",
+                                        "ClusterRemovedEvent"}
