@@ -84,7 +84,8 @@ class _Planner:
         self.settings = settings
         self.warnings: List[str] = []
         self.claims: Dict[Tuple[str, int, str], str] = {}
-        self.port_warned: set = set()
+        #: member id -> ["80 -> 8080", ...]: ports DR/TUN cannot map
+        self.unmapped: Dict[str, List[str]] = {}
 
     def member_address(self, member: Member, version: int) -> Optional[str]:
         """The member's validated address, or None (warned)."""
@@ -122,13 +123,20 @@ class _Planner:
             return None
         if self.settings.forwarding_method == "NAT":
             return value
-        if value != proxy and (member.member_id, proxy) not in self.port_warned:
-            self.port_warned.add((member.member_id, proxy))
-            self.warnings.append(
-                f"member {member.member_id} maps port {proxy} to {value}, but with "
-                f"{self.settings.forwarding_method} the real server receives the packet on "
-                f"port {proxy} unchanged: it must accept connections on {proxy}")
+        if value != proxy:
+            mapping = f"{proxy} -> {value}"
+            seen = self.unmapped.setdefault(member.member_id, [])
+            if mapping not in seen:
+                seen.append(mapping)
         return proxy
+
+    def port_warnings(self) -> None:
+        method = self.settings.forwarding_method
+        for member_id, mappings in sorted(self.unmapped.items()):
+            self.warnings.append(
+                f"member {member_id} maps ports {', '.join(mappings)}, but with {method} the "
+                "real server receives packets on the virtual port unchanged: it must "
+                "accept connections on the virtual (proxy) port")
 
     def claim(self, key: Tuple[str, int, str], service: str) -> None:
         other = self.claims.setdefault(key, service)
@@ -180,6 +188,7 @@ def plan(settings, topology: Topology) -> Plan:
             planner.warnings.append(f"service {name!r} (VIP {vip}) is not in the topology")
             continue
         servers += planner.virtual_servers(name, vip, service)
+    planner.port_warnings()
     servers.sort(key=lambda vs: (ip_sort_key(vs.vip), vs.port, vs.protocol))
     vips = tuple(sorted({vip for _, vip in settings.vip_map}, key=ip_sort_key))
     return Plan(LvsConfig(tuple(servers), vips), tuple(planner.warnings))

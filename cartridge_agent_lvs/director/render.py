@@ -50,7 +50,7 @@ def _vrrp(w: _Writer, settings, version: int, vips: Iterable[str]) -> None:
     w.line(f"interface {settings.interface}")
     w.line(f"virtual_router_id {settings.virtual_router_id}")
     w.line(f"priority {settings.priority}")
-    w.line(f"advert_int {settings.advert_int:g}")
+    w.line(f"advert_int {settings.advert_int}")
     if settings.nopreempt:
         w.line("nopreempt")
     if settings.auth_pass and version == 4:
@@ -96,11 +96,16 @@ def _virtual_server(w: _Writer, settings, vs: VirtualServer) -> None:
     if settings.persistence_timeout:
         w.line(f"persistence_timeout {settings.persistence_timeout}")
     w.line(f"protocol {vs.protocol}")
-    if settings.sorry_server:
-        w.line("sorry_server {} {}".format(*settings.sorry_server))
+    sorry = settings.sorry_server
+    if sorry and _family(sorry[0]) == _family(vs.vip):   # keepalived skips a mismatch
+        w.line(f"sorry_server {sorry[0]} {sorry[1]}")
     for rs in vs.real_servers:
         _real_server(w, settings, rs)
     w.close()
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address).version
 
 
 def render(settings, config: LvsConfig) -> str:
@@ -110,7 +115,7 @@ def render(settings, config: LvsConfig) -> str:
     w.line(f"router_id {settings.router_id}")
     w.close()
     for version in (4, 6):
-        vips = [v for v in config.vips if ipaddress.ip_address(v).version == version]
+        vips = [v for v in config.vips if _family(v) == version]
         if vips:
             w.line()
             _vrrp(w, settings, version, vips)

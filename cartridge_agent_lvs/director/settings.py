@@ -54,25 +54,27 @@ def choice(*allowed: str, case: bool = True) -> Parser:
 
 
 def integer(lo: int, hi: int) -> Parser:
-    def parse(value, key, source, line):
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,10}", value.strip()):
-            value = int(value)
+    def parse(raw, key, source, line):
+        value = raw
+        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,10}", raw.strip()):
+            value = int(raw)
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(value, key, source, line, "not an integer")
+            _fail(raw, key, source, line, "not an integer")
         if not lo <= value <= hi:
-            _fail(value, key, source, line, f"must be {lo}-{hi}")
+            _fail(raw, key, source, line, f"must be {lo}-{hi}")
         return value
     return parse
 
 
 def number(lo: float, hi: float) -> Parser:
-    def parse(value, key, source, line):
-        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", value.strip()):
-            value = float(value)
+    def parse(raw, key, source, line):
+        value = raw
+        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", raw.strip()):
+            value = float(raw)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(value, key, source, line, "not a number")
+            _fail(raw, key, source, line, "not a number")
         if not lo <= value <= hi:
-            _fail(value, key, source, line, f"must be between {lo:g} and {hi:g}")
+            _fail(raw, key, source, line, f"must be between {lo:g} and {hi:g}")
         return value
     return parse
 
@@ -123,11 +125,13 @@ def safe_name(value, key, source, line) -> str:
 
 
 def auth_pass(value, key, source, line) -> str:
-    """VRRP PASS authentication: 1-8 printable characters (keepalived truncates more)."""
-    value = conf_word(value, key, source, line)
-    if len(value) > 8 or not value.isprintable():
-        _fail("***", key, source, line, "must be 1-8 printable characters (keepalived "
-              "truncates longer passwords)")
+    """VRRP PASS authentication: 1-8 characters (keepalived truncates more); the value
+    is never echoed in an error."""
+    if (not isinstance(value, str) or not 1 <= len(value) <= 8 or not value.isprintable()
+            or _UNSAFE.search(value)):
+        _fail("***", key, source, line, "must be 1-8 printable characters without "
+              "whitespace, quotes, braces, '#', '!' or '\\' (keepalived truncates longer "
+              "passwords)")
     return value
 
 
@@ -267,8 +271,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("auth_pass", optional(auth_pass), None,
            "VRRP PASS authentication for the IPv4 instance, at most 8 characters "
            "(weak: sent in clear; keep VRRP on a trusted segment)", _G_VRRP, "PASSWORD"),
-    Option("advert_int", number(0.01, 255), 1, "VRRP advertisement interval, seconds",
-           _G_VRRP),
+    Option("advert_int", integer(1, 255), 1,
+           "VRRP advertisement interval, whole seconds (VRRPv2)", _G_VRRP),
     Option("nopreempt", boolean, False,
            "a recovered higher-priority director does not take the VIPs back "
            "(needs state BACKUP on both)", _G_VRRP),
@@ -286,7 +290,8 @@ OPTIONS: Tuple[Option, ...] = (
            "client affinity in seconds (0 = none)", _G_IPVS),
     Option("weight", integer(1, 65535), 1, "weight of every real server", _G_IPVS),
     Option("sorry_server", optional(host_port), None,
-           "'IP PORT' served while every real server of a virtual server is down",
+           "'IP PORT' served while every real server of a virtual server (of the "
+           "same address family) is down",
            _G_IPVS, "IP PORT"),
     # health checks
     Option("health_check", choice("TCP_CHECK", "HTTP_GET", "SSL_GET", "NONE", case=False),
@@ -368,7 +373,7 @@ class Settings:
     virtual_router_id: int
     interface: str
     auth_pass: Optional[str]
-    advert_int: float
+    advert_int: int
     nopreempt: bool
     router_id: str
     scheduler: str
