@@ -1,0 +1,140 @@
+"""``lvs-extension`` verbs: render, check, settings, run; one-line errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cartridge_agent_lvs.director.cli import main
+
+from . import _stratos as st
+from ._feedutil import wait_for
+from ._service import FakeKeepalived, vrrp_interface
+
+HERE = os.path.dirname(__file__)
+SAMPLE = os.path.join(HERE, "samples", "shop-topology.json")
+SHOP_MAP = "tomcat|192.168.56.40,php|192.168.56.41,dns|fd99::53,mysql|192.168.56.42"
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_render_prints_the_golden_file_and_warnings_on_stderr(capsys, tmp_path):
+    before = set(os.listdir(tmp_path))
+    code, out, err = run_main(capsys, "render", "--topology", SAMPLE, "--vip-map", SHOP_MAP,
+                              "--auth-pass", "s3cret", "--interface", "eth0",
+                              "--keepalived-conf", str(tmp_path / "k.conf"))
+    assert code == 0
+    with open(os.path.join(HERE, "golden", "shop-dr.conf")) as f:
+        assert out == f.read()
+    assert "warning: service 'mysql': no Active member" in err
+    assert set(os.listdir(tmp_path)) == before              # no side effects
+
+
+def test_render_reads_a_config_file(capsys, tmp_path):
+    config = tmp_path / "lvs.conf"
+    config.write_text(f"vip_map = {SHOP_MAP}\nauth_pass = s3cret\ninterface = eth0\n")
+    code, out, _ = run_main(capsys, "render", "--topology", SAMPLE, "--config", str(config))
+    with open(os.path.join(HERE, "golden", "shop-dr.conf")) as f:
+        assert (code, out) == (0, f.read())
+
+
+@pytest.mark.keepalived
+def test_check_accepts_and_rejects_with_the_real_binary(capsys):
+    code, out, _ = run_main(capsys, "check", "--topology", SAMPLE, "--vip-map", SHOP_MAP,
+                            "--interface", vrrp_interface())
+    assert code == 0 and out.startswith("OK: keepalived accepts the file: 4 virtual servers")
+    code, _, err = run_main(capsys, "check", "--topology", SAMPLE, "--vip-map", SHOP_MAP,
+                            "--interface", "nosuch0")
+    assert code == 1 and "keepalived rejected the rendered file" in err
+    assert "interface nosuch0" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--vip-map", "tomcat|192.168.56.300"], "--vip-map='192.168.56.300': not an IP"),
+    (["--vip-map", "tomcat|192.168.56.40", "--state", "LEADER"], "--state='LEADER'"),
+    (["--vip-map", "tomcat|192.168.56.40", "--priority", "0"], "--priority='0'"),
+    ([], "vip_map=None: is mandatory"),
+])
+def test_bad_settings_are_one_line_exit_2(capsys, argv, message):
+    code, out, err = run_main(capsys, "render", "--topology", SAMPLE, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_bad_topology_file_is_one_line_naming_the_file(capsys, tmp_path):
+    truncated = tmp_path / "topology.json"
+    with open(SAMPLE) as f:
+        truncated.write_text(f.read()[:500])
+    for path, message in ((truncated, "not valid JSON"),
+                          (tmp_path / "missing.json", "cannot read")):
+        code, out, err = run_main(capsys, "render", "--topology", str(path),
+                                  "--vip-map", SHOP_MAP)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert str(path) in err and message in err
+
+
+def test_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["render", "--vip-map", SHOP_MAP])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_settings_round_trip_through_a_config_file(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "settings", "--vip-map", SHOP_MAP, "--mqtt",
+                            "mb:1883,[fd00::1]:1883", "--reload-command",
+                            "systemctl reload keepalived", "--sorry-server", "192.0.2.9 80",
+                            "--nopreempt")
+    assert code == 0
+    config = tmp_path / "copy.conf"
+    config.write_text(out)
+    code, again, _ = run_main(capsys, "settings", "--config", str(config))
+    assert (code, again) == (0, out)
+
+
+def test_run_follows_a_file_reloads_on_change_and_stops_on_sigterm(tmp_path):
+    """The console entry point as a process: SIGHUP re-reads, SIGTERM exits 0."""
+    fake = FakeKeepalived(str(tmp_path))
+    topo, conf = tmp_path / "topology.json", tmp_path / "keepalived.conf"
+    topo.write_text(json.dumps(st.topology({0: [1, 2]})))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cartridge_agent_lvs.director.cli", "run",
+         "--vip-map", st.vip_map([0]), "--interface", vrrp_interface(),
+         "--topology-file", str(topo), "--keepalived-conf", str(conf),
+         "--keepalived-pidfile", fake.pidfile, "--quiet-period", "0.1",
+         "--drain-seconds", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: conf.exists() and st.member_ip(0, 2) in conf.read_text(), 30,
+                 "first render")
+        fake.expect(1)
+        tmp = tmp_path / "t.tmp"
+        tmp.write_text(json.dumps(st.topology({0: [1, 2, 3]})))
+        os.replace(tmp, topo)
+        wait_for(lambda: st.member_ip(0, 3) in conf.read_text(), 30, "second render")
+        fake.expect(2)
+        proc.send_signal(signal.SIGHUP)          # re-read: same content, no reload
+        fake.expect(2, settle=1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        fake.stop()
+    log = proc.stderr.read()
+    assert "Traceback" not in log and "SIGHUP" in log
+
+
+def test_run_without_a_feed_is_one_line_exit_2(capsys, tmp_path):
+    code, _, err = run_main(capsys, "run", "--vip-map", SHOP_MAP,
+                            "--keepalived-conf", str(tmp_path / "k.conf"))
+    assert code == 2 and "exactly one of --topology-file, --mqtt, --http" in err
