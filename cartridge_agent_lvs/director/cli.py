@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import InputError, LvsError, TopologyError
 from . import settings as settings_mod
@@ -174,6 +175,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # e.g. `lvs-extension render ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _logging(level: str) -> None:

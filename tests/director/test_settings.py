@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -161,3 +162,16 @@ def test_reference_table_lists_every_option():
     table = S.reference_table()
     for option in S.OPTIONS:
         assert f"``{option.name}``" in table and option.flag in table
+
+
+def test_the_shipped_example_config_loads():
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
+                           "lvs-extension.conf.example")
+    s = S.load({}, config_path=example)
+    assert s.vip_map and s.mqtt == (("127.0.0.1", 1883),)
+
+
+def test_readme_documents_every_setting_and_default():
+    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.rst")
+    with open(readme) as f:
+        assert S.reference_table() in f.read(), "README settings table is out of date"
