@@ -119,7 +119,10 @@ def parse_vip(text: str, key: str, *, error: Type[InputError] = InputError,
     addr = parse_host_ip(addr_text, key, error=error, source=source)
     plen = addr.max_prefixlen
     if mask_text:
-        plen = parse_prefix(mask_text, addr.version, key, error=error, source=source)
+        try:
+            plen = parse_prefix(mask_text, addr.version, key, error=error, source=source)
+        except InputError as exc:   # name the whole VIP, not just its mask
+            raise error(key, text, exc.reason, source) from None
         net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
         if addr.version == 4 and plen <= 30:
             if addr == net.network_address:

@@ -1,0 +1,138 @@
+"""The instance payload ("launch-params") and the LVS keys in it.  Pure functions.
+
+The Stratos format is ONE line of comma-separated ``KEY=VALUE`` pairs: each pair is
+split on its first ``=``, whitespace around keys and values is stripped, a pair
+without ``=`` is skipped, and ``null`` (any case) or an empty value means "not set".
+The same values reach the plugin three ways -- a launch-params file, the dict the
+Stratos agent hands to plugins, the environment -- and all three end in
+:func:`lvs_request`.
+
+LVS keys:
+
+``LVS_VIRTUAL_IP``  one or more VIPs separated by ``;`` or whitespace, each ``VIP``,
+                    ``VIP|NETMASK`` (the Stratos form) or ``VIP/PREFIX``; IPv4 or IPv6.
+``LVS_INTERFACE``   the dummy interface carrying the VIPs (default ``lvs0``).
+``LVS_MODE``        ``auto`` (default: dummy, or ``lo`` where the kernel has no dummy
+                    driver), ``dummy`` or ``loopback``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
+
+from .addresses import VirtualIP, check_ifname, parse_vip
+from .errors import PayloadError
+
+KEY_VIP = "LVS_VIRTUAL_IP"
+KEY_INTERFACE = "LVS_INTERFACE"
+KEY_MODE = "LVS_MODE"
+DEFAULT_INTERFACE = "lvs0"
+MODES = ("auto", "dummy", "loopback")
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_VIP_SEP = re.compile(r"[;\s]+")
+
+
+def is_unset(value: object) -> bool:
+    """Stratos' "not set": absent, empty, or ``null`` in any case."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "null"))
+
+
+def parse_launch_params(text: str, source: Optional[str] = None) -> Dict[str, str]:
+    """``{KEY: value}`` from a launch-params line; unset values are left out.
+
+    Only the first line counts (the format is one line); a repeated key keeps its
+    last value, as the Stratos agent did.
+    """
+    line = text.splitlines()[0] if text else ""
+    values: Dict[str, str] = {}
+    for pair in line.split(","):
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            continue
+        if not _KEY_RE.match(key):
+            raise PayloadError(key, value, "not a payload key", source, 1)
+        if not is_unset(value):
+            values[key] = value
+        else:
+            values.pop(key, None)
+    return values
+
+
+def read_payload(path: str) -> Dict[str, str]:
+    """:func:`parse_launch_params` of a file; PayloadError naming it if unreadable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise PayloadError("payload", path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise PayloadError("payload", path, "not UTF-8 text") from None
+    return parse_launch_params(text, source=path)
+
+
+def from_environ(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The payload keys present in the environment (``LVS_*`` and the Stratos keys)."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if k.isupper() and not is_unset(v)}
+
+
+@dataclass(frozen=True)
+class LvsRequest:
+    """What the payload asks of this real server."""
+
+    vips: Tuple[VirtualIP, ...]
+    interface: str = DEFAULT_INTERFACE
+    mode: str = "auto"
+
+
+def _text(values: Mapping[str, object], key: str, source: Optional[str]) -> Optional[str]:
+    value = values.get(key)
+    if is_unset(value):
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(key, value, "must be text", source)
+    return value.strip()
+
+
+def parse_vips(text: str, key: str = KEY_VIP,
+               source: Optional[str] = None) -> Tuple[VirtualIP, ...]:
+    """Every VIP of an ``LVS_VIRTUAL_IP`` value, validated all before any is used."""
+    vips = []
+    for item in _VIP_SEP.split(text.strip()):
+        if item:
+            vip = parse_vip(item, key, error=PayloadError, source=source)
+            if any(v.address == vip.address for v in vips):
+                raise PayloadError(key, item, "VIP given twice", source)
+            vips.append(vip)
+    if not vips:
+        raise PayloadError(key, text, "no virtual IP", source)
+    return tuple(vips)
+
+
+def lvs_request(values: Mapping[str, object],
+                source: Optional[str] = "payload") -> Optional[LvsRequest]:
+    """The LVS request of a payload, or None when ``LVS_VIRTUAL_IP`` is not set.
+
+    Raises :class:`PayloadError` naming the key and the offending value.
+    """
+    text = _text(values, KEY_VIP, source)
+    if text is None:
+        return None
+    vips = parse_vips(text, KEY_VIP, source)
+    interface = _text(values, KEY_INTERFACE, source) or DEFAULT_INTERFACE
+    check_ifname(interface, KEY_INTERFACE, error=PayloadError, source=source)
+    mode = (_text(values, KEY_MODE, source) or "auto").lower()
+    if mode not in MODES:
+        raise PayloadError(KEY_MODE, values.get(KEY_MODE), "must be one of "
+                           + ", ".join(MODES), source)
+    if mode == "loopback":
+        interface = "lo"
+    elif interface == "lo":
+        raise PayloadError(KEY_INTERFACE, interface, "use LVS_MODE=loopback to bind on lo",
+                           source)
+    return LvsRequest(vips, interface, mode)

@@ -1,0 +1,219 @@
+"""Apply and undo the LVS-DR real-server setup: VIPs on a dummy link + ARP sysctls.
+
+``apply(request)``:
+
+1. look at the host once (all addresses, the link) and decide everything first: a VIP
+   already bound on another interface is an error before anything changes;
+2. with ``LVS_MODE=auto``, create the dummy link; where the kernel has no dummy
+   driver (EOPNOTSUPP), bind on ``lo`` instead and say so; ``dummy`` / ``loopback``
+   force one;
+3. bind every VIP as a host address (/32, /128: a payload netmask is accepted but
+   never installs a subnet route), IPv6 without DAD;
+4. set ``arp_ignore=1`` / ``arp_announce=2`` on ``all`` and on the VIP's interface;
+5. record what changed (and the sysctls' previous values) in the state file.
+
+Every change is journalled; if any step fails, the journal is undone in reverse and
+the host is as before.  A second apply of the same request changes nothing.
+
+``remove()`` undoes exactly what the state file records, then deletes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+from ..addresses import VirtualIP
+from ..errors import HostError
+from ..payload import LvsRequest
+from .netlink import NetlinkHost, NoDummyDriver
+from .state import State, StateStore
+from .sysctl import Sysctl, arp_keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    """What an apply/remove did, for the log and the CLI."""
+
+    interface: str = ""
+    mode: str = ""
+    actions: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.actions)
+
+    def lines(self) -> List[str]:
+        head = [f"interface {self.interface} ({self.mode})"] if self.interface else []
+        return head + self.actions + self.notes + ([] if self.actions else ["no change"])
+
+
+class _Journal:
+    """Undo steps, run in reverse on failure."""
+
+    def __init__(self) -> None:
+        self._undo: List[Tuple[str, Callable[[], object]]] = []
+
+    def add(self, what: str, undo: Callable[[], object]) -> None:
+        self._undo.append((what, undo))
+
+    def rollback(self) -> None:
+        for what, undo in reversed(self._undo):
+            try:
+                undo()
+            except Exception as exc:   # keep undoing the rest
+                log.error("rollback: could not undo %s: %s", what, exc)
+        self._undo.clear()
+
+
+class VipBinder:
+    def __init__(self, host: NetlinkHost, sysctl: Sysctl, store: StateStore) -> None:
+        self.host, self.sysctl, self.store = host, sysctl, store
+
+    # -- apply ----------------------------------------------------------------------
+
+    def apply(self, request: LvsRequest) -> Report:
+        state = self.store.load()
+        if state and state.interface not in (request.interface, "lo"):
+            raise HostError(f"this host is already set up on {state.interface}; remove "
+                            f"that first (cartridge-agent-lvs remove)")
+        journal = _Journal()
+        try:
+            report, state = self._apply(request, state, journal)
+        except BaseException:
+            journal.rollback()
+            raise
+        return report
+
+    def _apply(self, request: LvsRequest, state: Optional[State],
+               journal: _Journal) -> Tuple[Report, State]:
+        bound = self.host.addresses()
+        ifname, mode = self._choose(request, state)
+        self._check_conflicts(request.vips, bound, ifname, request.mode)
+        report = Report(ifname, mode)
+        state = state or State(interface=ifname, mode=mode)
+        index = self.host.link_index(ifname)
+        if index is None:
+            index, mode, ifname = self._create(request, journal, report)
+            report.interface, report.mode = ifname, mode
+            self._check_conflicts(request.vips, bound, ifname, "fixed")
+            state.interface, state.mode = ifname, mode
+            state.created_link = state.created_link or mode == "dummy"
+        if not self.host.is_up(index):
+            self.host.set_up(index)
+            report.actions.append(f"brought {ifname} up")
+        here = {(a.address, a.prefixlen) for a in bound if a.index == index}
+        for vip in request.vips:
+            key = (vip.address, vip.host_prefixlen)
+            if key in here:
+                continue
+            self.host.add_address(index, vip)
+            journal.add(f"address {vip}", lambda v=vip: self.host.delete_address(
+                index, v.address, v.host_prefixlen))
+            state.addresses.append(f"{vip.address}/{vip.host_prefixlen}")
+            report.actions.append(f"bound {vip.address}/{vip.host_prefixlen} on {ifname}"
+                                  + (f" (payload mask /{vip.prefixlen}: no subnet route)"
+                                     if vip.prefixlen != vip.host_prefixlen else ""))
+        self._set_sysctls(ifname, state, journal, report)
+        if report.changed:
+            self.store.save(state)
+        return report, state
+
+    def _choose(self, request: LvsRequest, state: Optional[State]) -> Tuple[str, str]:
+        if request.mode == "loopback" or (state and state.mode == "loopback"
+                                          and request.mode == "auto"):
+            return "lo", "loopback"
+        return request.interface, "dummy"
+
+    def _create(self, request: LvsRequest, journal: _Journal,
+                report: Report) -> Tuple[int, str, str]:
+        """Create the dummy link, or fall back to lo (auto mode) without the driver."""
+        try:
+            index = self.host.create_dummy(request.interface)
+        except NoDummyDriver:
+            if request.mode == "dummy":
+                raise HostError(f"LVS_MODE=dummy but the kernel of {self.host.where} has "
+                                "no dummy link driver") from None
+            log.warning("no dummy link driver in %s: binding the VIPs on lo instead",
+                        self.host.where)
+            report.notes.append("the kernel has no dummy driver: VIPs bound on lo "
+                                "(loopback fallback)")
+            index = self.host.link_index("lo")
+            if index is None:
+                raise HostError(f"no lo in {self.host.where}") from None
+            return index, "loopback", "lo"
+        journal.add(f"link {request.interface}", lambda: self.host.delete_link(index))
+        report.actions.append(f"created dummy link {request.interface}")
+        return index, "dummy", request.interface
+
+    @staticmethod
+    def _check_conflicts(vips, bound, ifname: str, mode: str) -> None:
+        allowed = {ifname} | ({"lo"} if mode == "auto" else set())
+        for vip in vips:
+            for a in bound:
+                if a.address == vip.address and a.ifname not in allowed:
+                    raise HostError(f"VIP {vip.address} is already bound on {a.ifname}; "
+                                    "refusing to bind it twice")
+
+    def _set_sysctls(self, ifname: str, state: State, journal: _Journal,
+                     report: Report) -> None:
+        wanted = arp_keys(ifname)
+        current = self.sysctl.read_many(wanted)
+        changes = {k: v for k, v in wanted.items() if current[k] != v}
+        missing = [k for k, v in current.items() if v is None]
+        if missing:
+            raise HostError(f"kernel parameter {missing[0].replace('/', '.')} does not exist")
+        if not changes:
+            return
+        previous = {k: current[k] for k in changes}
+        journal.add("sysctls", lambda: self.sysctl.write_many(previous))
+        self.sysctl.write_many(changes)
+        for k in changes:
+            state.sysctls.setdefault(k, previous[k])
+            report.actions.append(f"set {k.replace('/', '.')}={changes[k]} "
+                                  f"(was {previous[k]})")
+
+    # -- remove ---------------------------------------------------------------------
+
+    def remove(self) -> Report:
+        state = self.store.load()
+        if state is None:
+            return Report(notes=["nothing recorded: nothing to undo"])
+        report = Report(state.interface, state.mode)
+        index = self.host.link_index(state.interface)
+        failures: List[str] = []
+        remaining = State(state.interface, state.mode)
+        for entry in state.addresses:
+            address, _, plen = entry.partition("/")
+            try:
+                if index is not None and self.host.delete_address(index, address, int(plen)):
+                    report.actions.append(f"removed {entry} from {state.interface}")
+            except HostError as exc:
+                failures.append(str(exc))
+                remaining.addresses.append(entry)
+        if state.created_link and index is not None:
+            try:
+                self.host.delete_link(index)
+                report.actions.append(f"deleted dummy link {state.interface}")
+                index = None
+            except HostError as exc:
+                failures.append(str(exc))
+                remaining.created_link = True
+        restore = {k: v for k, v in state.sysctls.items()
+                   if index is not None or "/all/" in k or f"/{state.interface}/" not in k}
+        try:
+            self.sysctl.write_many(restore)
+            report.actions += [f"restored {k.replace('/', '.')}={v}" for k, v in
+                               restore.items()]
+        except HostError as exc:
+            failures.append(str(exc))
+            remaining.sysctls = dict(restore)
+        if failures:
+            self.store.save(remaining)
+            raise HostError("cleanup incomplete: " + "; ".join(failures))
+        self.store.delete()
+        return report

@@ -1,0 +1,74 @@
+"""Is this host (or namespace) set up for LVS-DR?  Inspection only.
+
+The kernel applies the *maximum* of ``all`` and the interface's value for
+``arp_ignore`` and ``arp_announce``, so the verdict uses that effective value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from ..payload import DEFAULT_INTERFACE
+from .netlink import NetlinkHost
+from .state import StateStore
+from .sysctl import Sysctl, arp_keys
+
+_LOOPBACK_ADDRS = {"127.0.0.1", "::1"}
+
+
+def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
+            interface: Optional[str] = None) -> Dict[str, Any]:
+    state = store.load()
+    ifname = interface or (state.interface if state else DEFAULT_INTERFACE)
+    index = host.link_index(ifname)
+    if index is None and interface is None and not state:
+        ifname, index = "lo", host.link_index("lo")
+    recorded = set(state.addresses) if state else set()
+    vips: List[str] = []
+    if index is not None:
+        for a in host.addresses():
+            if a.index == index and a.address not in _LOOPBACK_ADDRS and (
+                    ifname != "lo" or f"{a.address}/{a.prefixlen}" in recorded or not state):
+                vips.append(f"{a.address}/{a.prefixlen}")
+    values = sysctl.read_many(arp_keys(ifname))
+    effective = {}
+    for key in ("arp_ignore", "arp_announce"):
+        nums = [int(v) for k, v in values.items() if k.endswith(key) and v is not None]
+        effective[key] = max(nums) if nums else None
+    problems = []
+    if index is None:
+        problems.append(f"interface {ifname} does not exist")
+    elif not host.is_up(index):
+        problems.append(f"interface {ifname} is down")
+    if not vips:
+        problems.append("no VIP bound")
+    if (effective["arp_ignore"] or 0) < 1:
+        problems.append("arp_ignore < 1: the host answers ARP for the VIPs")
+    if (effective["arp_announce"] or 0) < 2:
+        problems.append("arp_announce < 2: the host may announce the VIPs")
+    return {
+        "namespace": host.netns,
+        "interface": ifname,
+        "exists": index is not None,
+        "up": index is not None and host.is_up(index),
+        "kind": (host.link_kind(index) if index is not None else None)
+        or ("loopback" if ifname == "lo" else None),
+        "vips": sorted(vips),
+        "sysctls": {k.replace("/", "."): v for k, v in sorted(values.items())},
+        "effective": effective,
+        "recorded": state is not None,
+        "ready": not problems,
+        "problems": problems,
+    }
+
+
+def format_status(status: Dict[str, Any]) -> str:
+    lines = [f"namespace:  {status['namespace'] or '(host)'}",
+             f"interface:  {status['interface']} "
+             f"({status['kind'] or 'absent'}, {'up' if status['up'] else 'down'})",
+             f"VIPs:       {', '.join(status['vips']) or '(none)'}"]
+    lines += [f"sysctl:     {k} = {v}" for k, v in status["sysctls"].items()]
+    verdict = "ready for LVS-DR" if status["ready"] else "NOT ready for LVS-DR: " + \
+        "; ".join(status["problems"])
+    lines.append(f"verdict:    {verdict}")
+    return "\n".join(lines)

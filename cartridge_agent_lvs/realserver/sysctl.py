@@ -1,0 +1,89 @@
+"""Kernel parameters through ``/proc/sys``, on the host or inside a network namespace.
+
+``/proc/sys/net`` shows the network namespace of the calling *thread*: inside a
+namespace, reads and writes run in a short-lived thread that first joins it
+(``pyroute2.netns.setns``) and then dies, so no other thread ever changes namespace.
+No ``sysctl`` process is spawned.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Dict, Iterable, Mapping, Optional, TypeVar
+
+from ..errors import HostError
+
+T = TypeVar("T")
+
+PROC_SYS = "/proc/sys"
+
+
+def arp_keys(ifname: str) -> Dict[str, str]:
+    """The ARP parameters LVS-DR needs, for ``all`` and *ifname*: name -> value."""
+    wanted = {}
+    for dev in ("all", ifname):
+        wanted[f"net/ipv4/conf/{dev}/arp_ignore"] = "1"
+        wanted[f"net/ipv4/conf/{dev}/arp_announce"] = "2"
+    return wanted
+
+
+class Sysctl:
+    def __init__(self, netns: Optional[str] = None, root: str = PROC_SYS) -> None:
+        self.netns = netns
+        self.root = root
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        if not self.netns:
+            return fn()
+        box: dict = {}
+
+        def target() -> None:
+            try:
+                from pyroute2 import netns
+                netns.setns(self.netns, flags=0)
+                box["value"] = fn()
+            except BaseException as exc:   # handed to the caller's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"sysctl-{self.netns}")
+        thread.start()
+        thread.join()
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, FileNotFoundError) and not isinstance(exc, HostError):
+                raise HostError(f"network namespace {self.netns!r} does not exist") from None
+            raise exc
+        return box["value"]
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    def read_many(self, names: Iterable[str]) -> Dict[str, Optional[str]]:
+        """name -> current value (None where the parameter does not exist)."""
+        names = list(names)
+
+        def read() -> Dict[str, Optional[str]]:
+            out: Dict[str, Optional[str]] = {}
+            for name in names:
+                try:
+                    with open(self._path(name)) as f:
+                        out[name] = f.read().strip()
+                except FileNotFoundError:
+                    out[name] = None
+            return out
+        return self._run(read)
+
+    def write_many(self, values: Mapping[str, str]) -> None:
+        """Write in order; a failure names the parameter (earlier writes stay)."""
+        items = list(values.items())
+
+        def write() -> None:
+            for name, value in items:
+                try:
+                    with open(self._path(name), "w") as f:
+                        f.write(str(value))
+                except OSError as exc:
+                    raise HostError(f"cannot set {name.replace('/', '.')}={value}: "
+                                    f"{exc.strerror}") from None
+        self._run(write)
