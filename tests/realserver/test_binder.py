@@ -1,0 +1,166 @@
+"""VIP binding for real, inside throwaway network namespaces (the host kernel has no
+dummy driver, so the loopback fallback runs for real; the dummy path runs with
+``fake_dummy_driver``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cartridge_agent_lvs.errors import HostError, PayloadError
+from cartridge_agent_lvs.payload import lvs_request
+from cartridge_agent_lvs.realserver.binder import VipBinder
+from cartridge_agent_lvs.realserver.netlink import NetlinkHost
+from cartridge_agent_lvs.realserver.state import StateStore
+from cartridge_agent_lvs.realserver.sysctl import Sysctl
+
+from .conftest import addresses, routes, snapshot, sysctls
+
+pytestmark = pytest.mark.netns
+
+VIPS = "192.168.56.40|255.255.255.0;fd99::100/64"
+
+
+def binder(ns, state_dir):
+    return VipBinder(NetlinkHost(ns), Sysctl(ns), StateStore(ns, state_dir))
+
+
+def request(vips=VIPS, **extra):
+    return lvs_request({"LVS_VIRTUAL_IP": vips, **extra})
+
+
+def test_loopback_fallback_binds_host_addresses_and_sets_sysctls(netns, state_dir):
+    before = sysctls(netns)
+    report = binder(netns, state_dir).apply(request())
+    assert report.mode == "loopback" and any("no dummy driver" in n for n in report.notes)
+    assert addresses(netns)["lo"] == sorted(["127.0.0.1/8", "::1/128",
+                                             "192.168.56.40/32", "fd99::100/128"])
+    now = sysctls(netns)
+    for dev in ("all", "lo"):
+        assert now[f"net/ipv4/conf/{dev}/arp_ignore"] == "1"
+        assert now[f"net/ipv4/conf/{dev}/arp_announce"] == "2"
+    assert before["net/ipv4/conf/all/arp_ignore"] == "0"
+    # the payload's /24 must not become a subnet route
+    assert not [r for r in routes(netns) if "192.168.56.0" in r]
+
+
+def test_sysctls_are_per_namespace(netns, state_dir):
+    with open("/proc/sys/net/ipv4/conf/all/arp_ignore") as f:
+        host_value = f.read()
+    binder(netns, state_dir).apply(request())
+    with open("/proc/sys/net/ipv4/conf/all/arp_ignore") as f:
+        assert f.read() == host_value
+
+
+def test_reapply_is_a_no_op(netns, state_dir):
+    b = binder(netns, state_dir)
+    b.apply(request())
+    state_before = open(b.store.path).read()
+    seen = snapshot(netns)
+    report = b.apply(request())
+    assert not report.changed and snapshot(netns) == seen
+    assert open(b.store.path).read() == state_before
+
+
+def test_remove_restores_exactly_the_previous_state(netns, state_dir):
+    # a pre-existing non-default value must come back as it was
+    import subprocess
+    subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                    "echo 1 > /proc/sys/net/ipv4/conf/all/arp_announce"], check=True)
+    before = snapshot(netns)
+    b = binder(netns, state_dir)
+    b.apply(request())
+    assert snapshot(netns) != before
+    b.remove()
+    assert snapshot(netns) == before
+    assert b.store.load() is None
+    assert not b.remove().changed                      # nothing recorded: no-op
+
+
+def test_remove_leaves_addresses_it_did_not_add(netns, state_dir):
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "addr", "add", "192.168.56.40/32", "dev", "lo"],
+                   check=True)
+    b = binder(netns, state_dir)
+    b.apply(request("192.168.56.40;192.168.56.41"))
+    b.remove()
+    assert "192.168.56.40/32" in addresses(netns)["lo"]
+    assert "192.168.56.41/32" not in addresses(netns)["lo"]
+
+
+def test_failure_midway_rolls_everything_back(netns, state_dir, mocker):
+    before = snapshot(netns)
+    b = binder(netns, state_dir)
+    real_add = NetlinkHost.add_address
+    calls = []
+
+    def flaky(self, index, vip):
+        calls.append(vip)
+        if len(calls) == 2:
+            raise HostError("injected netlink failure")
+        return real_add(self, index, vip)
+
+    mocker.patch.object(NetlinkHost, "add_address", autospec=True, side_effect=flaky)
+    with pytest.raises(HostError, match="injected"):
+        b.apply(request("192.168.56.40;192.168.56.41;192.168.56.42"))
+    assert len(calls) == 2 and snapshot(netns) == before
+    assert b.store.load() is None
+
+
+def test_sysctl_failure_rolls_back_the_addresses(netns, state_dir, mocker):
+    before = snapshot(netns)
+    mocker.patch.object(Sysctl, "write_many", side_effect=HostError("injected sysctl"))
+    with pytest.raises(HostError, match="injected sysctl"):
+        binder(netns, state_dir).apply(request())
+    assert snapshot(netns) == before
+
+
+def test_second_vip_bad_changes_nothing(netns, state_dir):
+    before = snapshot(netns)
+    with pytest.raises(PayloadError, match="192.168.56.999"):
+        binder(netns, state_dir).apply(request("192.168.56.40;192.168.56.999"))
+    assert snapshot(netns) == before
+
+
+def test_vip_bound_on_another_interface_is_an_error(netns, state_dir, fake_dummy_driver):
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "link", "add", "eth9", "type", "veth",
+                    "peer", "name", "eth9p"], check=True)
+    subprocess.run(["ip", "-n", netns, "addr", "add", "192.168.56.41/24", "dev", "eth9"],
+                   check=True)
+    before = snapshot(netns)
+    with pytest.raises(HostError, match="192.168.56.41 is already bound on eth9"):
+        binder(netns, state_dir).apply(request("192.168.56.40;192.168.56.41"))
+    assert snapshot(netns) == before                 # the created link was rolled back
+
+
+def test_dummy_path_creates_binds_and_deletes_the_link(netns, state_dir, fake_dummy_driver):
+    before = snapshot(netns)
+    b = binder(netns, state_dir)
+    report = b.apply(request())
+    assert report.mode == "dummy" and "created dummy link lvs0" in report.actions
+    # (the kernel adds an fe80:: link-local address to a new link, as to a real dummy)
+    assert [a for a in addresses(netns)["lvs0"] if not a.startswith("fe80:")] == [
+        "192.168.56.40/32", "fd99::100/128"]
+    assert sysctls(netns)["net/ipv4/conf/lvs0/arp_ignore"] == "1"
+    assert fake_dummy_driver == ["dummy"]
+    assert not b.apply(request()).changed
+    b.remove()
+    assert snapshot(netns) == before
+
+
+def test_forced_dummy_mode_without_driver_is_an_error(netns, state_dir):
+    before = snapshot(netns)
+    with pytest.raises(HostError, match="no dummy link driver"):
+        binder(netns, state_dir).apply(request(LVS_MODE="dummy"))
+    assert snapshot(netns) == before
+
+
+def test_forced_loopback_mode(netns, state_dir, fake_dummy_driver):
+    report = binder(netns, state_dir).apply(request("10.20.30.40", LVS_MODE="loopback"))
+    assert report.interface == "lo" and "lvs0" not in addresses(netns)
+    assert "10.20.30.40/32" in addresses(netns)["lo"]
+
+
+def test_missing_namespace_is_a_host_error(state_dir):
+    with pytest.raises(HostError, match="does not exist"):
+        binder("lvs-test-no-such-ns", state_dir).apply(request())
