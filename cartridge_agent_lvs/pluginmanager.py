@@ -75,8 +75,9 @@ def get_plugin_manager(entry_points: bool = True) -> pluggy.PluginManager:
 
 
 def fire(event: str, values: Mapping[str, Any], context: Optional[Context] = None,
-         pm: Optional[pluggy.PluginManager] = None) -> Outcome:
-    """Run the hook for *event*; never raises (a failure is in ``Outcome.error``)."""
+         pm: Optional[pluggy.PluginManager] = None, log_errors: bool = True) -> Outcome:
+    """Run the hook for *event*; never raises (a failure is in ``Outcome.error``,
+    and logged unless *log_errors* is false -- the CLI prints it itself)."""
     hook_name = EVENT_HOOKS.get(event)
     outcome = Outcome(event, hook_name)
     if hook_name is None:
@@ -91,8 +92,9 @@ def fire(event: str, values: Mapping[str, Any], context: Optional[Context] = Non
         outcome.reports = [r for r in getattr(pm.hook, hook_name)(**kwargs) if r]
     except Exception as exc:   # a plugin must never crash the agent
         outcome.error = exc
-        log.error("%s (%s) failed: %s", hook_name, event, exc,
-                  exc_info=not _expected(exc))
+        if log_errors:
+            log.error("%s (%s) failed: %s", hook_name, event, exc,
+                      exc_info=not _expected(exc))
     return outcome
 
 

@@ -72,7 +72,7 @@ def _context(args) -> Context:
 
 
 def _fire(event: str, values, context: Context) -> int:
-    outcome = fire(event, values, context)
+    outcome = fire(event, values, context, log_errors=False)
     if not outcome.ok:
         raise outcome.error
     for report in outcome.reports:
@@ -142,8 +142,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False)
                         else logging.WARNING, stream=sys.stderr,
                         format=f"{PROG}: %(levelname)s: %(message)s")
-    # the dispatcher logs plugin errors for the agent; here the error line is ours
-    logging.getLogger("cartridge_agent_lvs.pluginmanager").setLevel(logging.CRITICAL)
     try:
         return _VERBS[args.verb](args)
     except InputError as exc:
