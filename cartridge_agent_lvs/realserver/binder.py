@@ -27,7 +27,7 @@ from typing import Callable, List, Optional, Tuple
 from ..addresses import VirtualIP
 from ..errors import HostError
 from ..payload import LvsRequest
-from .netlink import NetlinkHost, NoDummyDriver
+from .netlink import NetlinkHost, NoDummyDriver, PartialAdd
 from .state import State, StateStore
 from .sysctl import Sysctl, arp_keys
 
@@ -107,13 +107,18 @@ class VipBinder:
             self.host.set_up(index)
             report.actions.append(f"brought {ifname} up")
         here = {(a.address, a.prefixlen) for a in bound if a.index == index}
-        for vip in request.vips:
-            key = (vip.address, vip.host_prefixlen)
-            if key in here:
-                continue
-            self.host.add_address(index, vip)
-            journal.add(f"address {vip}", lambda v=vip: self.host.delete_address(
-                index, v.address, v.host_prefixlen))
+        todo = [v for v in request.vips if (v.address, v.host_prefixlen) not in here]
+        try:
+            self.host.add_addresses(index, todo)
+            added = todo
+        except PartialAdd as exc:
+            added = exc.added
+            raise
+        finally:
+            if todo:
+                journal.add("addresses", lambda: self.host.delete_addresses(
+                    index, [(v.address, v.host_prefixlen) for v in added]))
+        for vip in todo:
             state.addresses.append(f"{vip.address}/{vip.host_prefixlen}")
             report.actions.append(f"bound {vip.address}/{vip.host_prefixlen} on {ifname}"
                                   + (f" (payload mask /{vip.prefixlen}: no subnet route)"
@@ -153,11 +158,14 @@ class VipBinder:
     @staticmethod
     def _check_conflicts(vips, bound, ifname: str, mode: str) -> None:
         allowed = {ifname} | ({"lo"} if mode == "auto" else set())
+        where: dict = {}
+        for a in bound:
+            if a.ifname not in allowed:
+                where.setdefault(a.address, a.ifname)
         for vip in vips:
-            for a in bound:
-                if a.address == vip.address and a.ifname not in allowed:
-                    raise HostError(f"VIP {vip.address} is already bound on {a.ifname}; "
-                                    "refusing to bind it twice")
+            if vip.address in where:
+                raise HostError(f"VIP {vip.address} is already bound on "
+                                f"{where[vip.address]}; refusing to bind it twice")
 
     def _set_sysctls(self, ifname: str, state: State, journal: _Journal,
                      report: Report) -> None:
@@ -187,14 +195,15 @@ class VipBinder:
         index = self.host.link_index(state.interface)
         failures: List[str] = []
         remaining = State(state.interface, state.mode)
-        for entry in state.addresses:
-            address, _, plen = entry.partition("/")
+        entries = [(a, int(p)) for a, _, p in (e.partition("/") for e in state.addresses)]
+        if index is not None and entries:
             try:
-                if index is not None and self.host.delete_address(index, address, int(plen)):
-                    report.actions.append(f"removed {entry} from {state.interface}")
+                removed = self.host.delete_addresses(index, entries)
+                report.actions += [f"removed {a}/{p} from {state.interface}"
+                                   for (a, p), done in zip(entries, removed) if done]
             except HostError as exc:
                 failures.append(str(exc))
-                remaining.addresses.append(entry)
+                remaining.addresses = list(state.addresses)
         if state.created_link and index is not None:
             try:
                 self.host.delete_link(index)

@@ -18,12 +18,21 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, IFA_F_NOPREFIXROUTE
 
 from ..addresses import VirtualIP
 from ..errors import HostError
+from .rtnl import RTM_DELADDR, RTM_NEWADDR, RtnlSocket, strerror
 
 IFF_UP = 0x1
 
 
 class NoDummyDriver(HostError):
     """The kernel has no ``dummy`` link kind (netlink EOPNOTSUPP)."""
+
+
+class PartialAdd(HostError):
+    """Some addresses of a batch were not added; ``added`` lists those that were."""
+
+    def __init__(self, message: str, added: List[VirtualIP]) -> None:
+        super().__init__(message)
+        self.added = added
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class NetlinkHost:
     def __init__(self, netns: Optional[str] = None) -> None:
         self.netns = netns
         self._ipr: Optional[IPRoute] = None
+        self._rtnl: Optional[RtnlSocket] = None
 
     @property
     def where(self) -> str:
@@ -55,10 +65,23 @@ class NetlinkHost:
                 raise HostError(f"cannot open netlink in {self.where}: {exc}") from None
         return self._ipr
 
+    def _bulk(self) -> RtnlSocket:
+        if self._rtnl is None:
+            try:
+                self._rtnl = RtnlSocket(self.netns)
+            except FileNotFoundError:
+                raise HostError(f"network namespace {self.netns!r} does not exist") from None
+            except OSError as exc:
+                raise HostError(f"cannot open netlink in {self.where}: {exc}") from None
+        return self._rtnl
+
     def close(self) -> None:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
 
     def __enter__(self) -> "NetlinkHost":
         return self
@@ -70,7 +93,7 @@ class NetlinkHost:
         try:
             return fn(*args, **kwargs)
         except NetlinkError as exc:
-            raise HostError(f"{what} in {self.where}: {_strerror(exc.code)}") from exc
+            raise HostError(f"{what} in {self.where}: {strerror(exc.code)}") from exc
 
     # -- links ----------------------------------------------------------------------
 
@@ -99,7 +122,7 @@ class NetlinkHost:
                 raise NoDummyDriver(f"the kernel of {self.where} has no dummy link driver")\
                     from None
             raise HostError(f"creating dummy link {ifname} in {self.where}: "
-                            f"{_strerror(exc.code)}") from exc
+                            f"{strerror(exc.code)}") from exc
         index = self.link_index(ifname)
         if index is None:
             raise HostError(f"dummy link {ifname} vanished after creation in {self.where}")
@@ -116,32 +139,30 @@ class NetlinkHost:
     def addresses(self) -> List[Address]:
         """Every address of every link (one dump)."""
         names = self.link_names()
-        return [Address(a.get("address"), a["prefixlen"], a["index"],
-                        names.get(a["index"], str(a["index"])))
-                for a in self._call("listing addresses", self._conn().addr, "dump")
-                if a.get("address")]
-
-    def add_address(self, index: int, vip: VirtualIP) -> None:
-        """Bind *vip* as a host address: /32 or /128, no prefix route, no DAD."""
-        flags = IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if vip.version == 6 else 0)
-        self._call(f"adding {vip.address}", self._conn().addr, "add", index=index,
-                   address=vip.address, prefixlen=vip.host_prefixlen, flags=flags)
-
-    def delete_address(self, index: int, address: str, prefixlen: int) -> bool:
-        """Remove an address; False when it was not there."""
         try:
-            self._conn().addr("del", index=index, address=address, prefixlen=prefixlen)
-        except NetlinkError as exc:
-            if exc.code in (errno.EADDRNOTAVAIL, errno.ENODEV):
-                return False
-            raise HostError(f"removing {address} in {self.where}: "
-                            f"{_strerror(exc.code)}") from exc
-        return True
+            entries = self._bulk().dump_addresses()
+        except OSError as exc:
+            raise HostError(f"listing addresses in {self.where}: {exc}") from None
+        return [Address(address, plen, index, names.get(index, str(index)))
+                for _, address, plen, index in entries]
 
+    def add_addresses(self, index: int, vips: List[VirtualIP]) -> None:
+        """Bind each VIP as a host address (/32, /128) with no prefix route, IPv6
+        without DAD -- one batch.  :class:`PartialAdd` when any was refused."""
+        requests = [(index, v.address, v.host_prefixlen,
+                     IFA_F_NOPREFIXROUTE | (IFA_F_NODAD if v.version == 6 else 0))
+                    for v in vips]
+        codes = self._bulk().batch(RTM_NEWADDR, requests)
+        failed = [(v, c) for v, c in zip(vips, codes) if c]
+        if failed:
+            vip, code = failed[0]
+            raise PartialAdd(f"adding {vip.address} in {self.where}: {strerror(code)}",
+                             [v for v, c in zip(vips, codes) if not c])
 
-def _strerror(code: int) -> str:
-    import os
-    try:
-        return f"{os.strerror(code)} (errno {code})"
-    except (ValueError, TypeError):
-        return f"netlink error {code}"
+    def delete_addresses(self, index: int, entries: List[tuple]) -> List[bool]:
+        """Remove (address, prefixlen) pairs; per pair, False when it was not there."""
+        codes = self._bulk().batch(RTM_DELADDR, [(index, a, p, 0) for a, p in entries])
+        for (address, _), code in zip(entries, codes):
+            if code not in (0, errno.EADDRNOTAVAIL, errno.ENODEV):
+                raise HostError(f"removing {address} in {self.where}: {strerror(code)}")
+        return [code == 0 for code in codes]

@@ -87,23 +87,27 @@ def test_remove_leaves_addresses_it_did_not_add(netns, state_dir):
     assert "192.168.56.41/32" not in addresses(netns)["lo"]
 
 
-def test_failure_midway_rolls_everything_back(netns, state_dir, mocker):
+def test_kernel_refusing_one_address_midway_rolls_everything_back(netns, state_dir):
+    """A real netlink failure in the middle of the batch: IPv6 disabled on lo makes the
+    kernel refuse the IPv6 VIP while the IPv4 ones around it are added."""
+    import subprocess
+    subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                    "echo 1 > /proc/sys/net/ipv6/conf/lo/disable_ipv6"], check=True)
     before = snapshot(netns)
     b = binder(netns, state_dir)
-    real_add = NetlinkHost.add_address
-    calls = []
-
-    def flaky(self, index, vip):
-        calls.append(vip)
-        if len(calls) == 2:
-            raise HostError("injected netlink failure")
-        return real_add(self, index, vip)
-
-    mocker.patch.object(NetlinkHost, "add_address", autospec=True, side_effect=flaky)
-    with pytest.raises(HostError, match="injected"):
-        b.apply(request("192.168.56.40;192.168.56.41;192.168.56.42"))
-    assert len(calls) == 2 and snapshot(netns) == before
+    with pytest.raises(HostError, match="adding fd99::100"):
+        b.apply(request("192.168.56.40;192.168.56.41;fd99::100;192.168.56.42"))
+    assert snapshot(netns) == before
     assert b.store.load() is None
+
+
+def test_state_file_failure_rolls_everything_back(netns, state_dir, mocker):
+    before = snapshot(netns)
+    b = binder(netns, state_dir)
+    mocker.patch.object(StateStore, "save", side_effect=HostError("injected: disk full"))
+    with pytest.raises(HostError, match="disk full"):
+        b.apply(request())
+    assert snapshot(netns) == before
 
 
 def test_sysctl_failure_rolls_back_the_addresses(netns, state_dir, mocker):
