@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.bin_dir:
         scenarios.BIN_DIR = args.bin_dir
 
+    # the agent's record of changes: inside the shared work folder (the guest's root
+    # file system is the host's, read-only)
+    os.environ["CARTRIDGE_AGENT_LVS_STATE_DIR"] = str(args.workdir / "agent-state")
     results = Results(args.workdir / "results.json")
     with open("/proc/uptime") as f:
         results.data["guest_started_uptime"] = float(f.read().split()[0])

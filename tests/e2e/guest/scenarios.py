@@ -573,7 +573,16 @@ class Suite:
 
 def stats_counters(stats: dict, service: str) -> dict:
     """Pick one service's per-real-server counters out of ``lvs-extension stats --json``."""
-    raise NotImplementedError(f"stats format: {json.dumps(stats)[:500]}")
+    def endpoint(address: str, port: int) -> str:
+        return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+    for svc in stats["services"]:
+        if f"{svc['protocol']} {endpoint(svc['address'], svc['port'])}" == service:
+            return {endpoint(d["address"], d["port"]): {"conns": d["conns"],
+                                                        "inpkts": d["in_packets"],
+                                                        "inbytes": d["in_bytes"]}
+                    for d in svc["dests"]}
+    raise AssertionError(f"{service} not in lvs-extension stats: {json.dumps(stats)[:500]}")
 
 
 def _try(fn, *args) -> bool:
