@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
+from ..clikit import verb_parser
 from ..errors import InputError, LvsError, TopologyError
 from . import settings as settings_mod
 from .keepalived import Keepalived, ValidationError
@@ -31,18 +32,10 @@ PROG = "lvs-extension"
 log = logging.getLogger(PROG)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and exit 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="LVS extension: Stratos topology -> "
+    parser, verbs = verb_parser(PROG, "LVS extension: Stratos topology -> "
                      "validated keepalived.conf -> graceful reload.")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
-                                  parser_class=_Parser)
 
     def verb(name: str, help_: str, topology: bool = False) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_, description=help_)

@@ -53,30 +53,28 @@ def choice(*allowed: str, case: bool = True) -> Parser:
     return parse
 
 
-def integer(lo: int, hi: int) -> Parser:
+def _ranged(pattern: str, convert, types: tuple, what: str, lo: float, hi: float,
+            bounds: str) -> Parser:
     def parse(raw, key, source, line):
         value = raw
-        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,10}", raw.strip()):
-            value = int(raw)
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(raw, key, source, line, "not an integer")
+        if isinstance(raw, str) and re.fullmatch(pattern, raw.strip()):
+            value = convert(raw)
+        if isinstance(value, bool) or not isinstance(value, types):
+            _fail(raw, key, source, line, what)
         if not lo <= value <= hi:
-            _fail(raw, key, source, line, f"must be {lo}-{hi}")
+            _fail(raw, key, source, line, bounds)
         return value
     return parse
+
+
+def integer(lo: int, hi: int) -> Parser:
+    return _ranged(r"[0-9]{1,10}", int, (int,), "not an integer", lo, hi,
+                   f"must be {lo}-{hi}")
 
 
 def number(lo: float, hi: float) -> Parser:
-    def parse(raw, key, source, line):
-        value = raw
-        if isinstance(raw, str) and re.fullmatch(r"[0-9]{1,9}(\.[0-9]{1,6})?", raw.strip()):
-            value = float(raw)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(raw, key, source, line, "not a number")
-        if not lo <= value <= hi:
-            _fail(raw, key, source, line, f"must be between {lo:g} and {hi:g}")
-        return value
-    return parse
+    return _ranged(r"[0-9]{1,9}(\.[0-9]{1,6})?", float, (int, float), "not a number", lo, hi,
+                   f"must be between {lo:g} and {hi:g}")
 
 
 def boolean(value, key, source, line) -> bool:

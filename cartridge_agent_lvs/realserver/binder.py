@@ -24,7 +24,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
-from ..addresses import VirtualIP
 from ..errors import HostError
 from ..payload import LvsRequest
 from .netlink import NetlinkHost, NoDummyDriver, PartialAdd

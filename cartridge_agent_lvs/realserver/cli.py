@@ -16,7 +16,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from ..errors import HostError, InputError, LvsError
+from ..clikit import verb_parser
+from ..errors import InputError, LvsError
 from ..payload import read_payload
 from ..pluginmanager import Context, fire
 from .netlink import NetlinkHost
@@ -30,16 +31,10 @@ SAMPLES = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..",
                                         "payload_samples"))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="LVS direct-routing setup of a real server, "
+    parser, verbs = verb_parser(PROG, "LVS direct-routing setup of a real server, "
                      "driven by the instance payload (LVS_VIRTUAL_IP).")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB",
-                                  parser_class=_Parser)
 
     def verb(name: str, help_: str, payload: Optional[bool]) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help_, description=help_)

@@ -55,24 +55,25 @@ class NetlinkHost:
     def where(self) -> str:
         return f"network namespace {self.netns}" if self.netns else "the host"
 
+    def _open(self, factory):
+        try:
+            return factory()
+        except FileNotFoundError:
+            raise HostError(f"network namespace {self.netns!r} does not exist") from None
+        except OSError as exc:
+            raise HostError(f"cannot open netlink in {self.where}: {exc}") from None
+
     def _conn(self) -> IPRoute:
+        """pyroute2 for links and single requests."""
         if self._ipr is None:
-            try:
-                self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
-            except FileNotFoundError:
-                raise HostError(f"network namespace {self.netns!r} does not exist") from None
-            except OSError as exc:
-                raise HostError(f"cannot open netlink in {self.where}: {exc}") from None
+            self._ipr = self._open(lambda: IPRoute(netns=self.netns, flags=0)
+                                   if self.netns else IPRoute())
         return self._ipr
 
     def _bulk(self) -> RtnlSocket:
+        """The batch socket for addresses (:mod:`.rtnl`)."""
         if self._rtnl is None:
-            try:
-                self._rtnl = RtnlSocket(self.netns)
-            except FileNotFoundError:
-                raise HostError(f"network namespace {self.netns!r} does not exist") from None
-            except OSError as exc:
-                raise HostError(f"cannot open netlink in {self.where}: {exc}") from None
+            self._rtnl = self._open(lambda: RtnlSocket(self.netns))
         return self._rtnl
 
     def close(self) -> None:
