@@ -362,7 +362,8 @@ class Suite:
         kernel_after = self.settled_conns()["dir1"]
         after = self.stats("dir1")
         s.check(sum(seen.values()) == sent and not any(k.startswith("error") for k in seen), f"{dict(seen)}")
-        grown = {key: after[key] - before.get(key, 0) for key in after}
+        grown = {key: {c: n - before.get(key, {}).get(c, 0) for c, n in counters.items()}
+                 for key, counters in after.items()}
         s.note(f"lvs-extension stats --json, {SERVICE4}, counter growth per real server: {grown}")
         s.note(f"kernel ip_vs_stats connections: {kernel_before} -> {kernel_after}")
         s.measure("requests_sent", sent)
@@ -561,7 +562,11 @@ class Suite:
                f"IPVS connections scheduled: {scheduled}")
         s.measure("requests_after_switch", after_switch)
         s.measure("scheduled_by_backup", scheduled["dir2"])
-        s.check(sum(scheduled.values()) == len(stream.results) - len(stream.failures),
+        # every answered request was scheduled by exactly one director; a request in
+        # flight through the MASTER at the crash was scheduled there but cannot finish
+        # on the BACKUP (no connection sync between the directors): it fails, counted
+        answered = len(stream.results) - len(stream.failures)
+        s.check(answered <= sum(scheduled.values()) <= len(stream.results),
                 "every answered request went through one director's IPVS")
         s.check(after_switch > 0 and scheduled["dir2"] >= after_switch,
                 "the BACKUP's IPVS did not schedule the requests after the switch")
