@@ -11,6 +11,7 @@ Environment:
     LVS_E2E_CACHE     kernel cache directory (see kernel.py)
     LVS_E2E_KVM=1     use KVM instead of software emulation
     LVS_E2E_BIN_DIR   take cartridge-agent-lvs and lvs-extension from this directory
+    LVS_E2E_REQUIRED  fail (not skip) when the machine cannot boot a guest (.ci/run)
 """
 
 from __future__ import annotations
@@ -85,7 +86,11 @@ def _guest_run(workdir: Path) -> GuestRun:
         check_host()
         kernel = ensure_kernel()
     except (GuestUnavailable, KernelUnavailable) as exc:
-        pytest.skip(f"end-to-end suite skipped, this machine cannot boot a test guest: {exc}")
+        message = f"this machine cannot boot a test guest: {exc}"
+        if os.environ.get("LVS_E2E_REQUIRED"):      # CI: the suite must run
+            pytest.fail(f"end-to-end suite required (LVS_E2E_REQUIRED) but {message}",
+                        pytrace=False)
+        pytest.skip(f"end-to-end suite skipped, {message}")
     timeout = float(os.environ.get("LVS_E2E_TIMEOUT", "420"))
     command = [sys.executable, "-m", "tests.e2e.guest.runner", str(workdir),
                "--deadline", str(int(timeout - 40))]
