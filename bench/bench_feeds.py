@@ -79,6 +79,7 @@ class Bench:
     def __init__(self, workdir: str, broker: Broker, services: int, members: int,
                  quiet: float, max_delay: float = 5.0) -> None:
         self.services, self.members = services, members
+        workdir = tempfile.mkdtemp(dir=workdir)      # a fresh keepalived.conf per run
         self.fake = FakeKeepalived(workdir)
         self.settings = make_settings(
             workdir, vip_map=st.vip_map(range(services)), mqtt=[broker.address],
