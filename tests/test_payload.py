@@ -103,5 +103,6 @@ def test_random_lvs_values_raise_only_payload_error(vip, interface, mode):
     except PayloadError as exc:
         assert "\n" not in str(exc)
     else:
-        assert request is None or all(v.ip.is_global or v.ip.is_private
-                                      for v in request.vips)
+        assert request is None or (request.vips and all(
+            not (v.ip.is_loopback or v.ip.is_multicast or v.ip.is_unspecified)
+            for v in request.vips))

@@ -21,7 +21,7 @@ def test_every_hook_is_documented_and_every_event_maps_to_a_hook():
             "complete_topology"} <= specs
     for name in specs:
         doc = getattr(hookspecs, name).__doc__
-        assert doc and "Fired" in doc or "Event" in doc, name
+        assert doc and ":param values:" in doc and ":param context:" in doc, name
     assert set(EVENT_HOOKS.values()) <= specs
 
 
