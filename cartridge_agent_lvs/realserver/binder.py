@@ -107,9 +107,9 @@ class VipBinder:
             report.actions.append(f"brought {ifname} up")
         here = {(a.address, a.prefixlen) for a in bound if a.index == index}
         todo = [v for v in request.vips if (v.address, v.host_prefixlen) not in here]
+        added = todo          # unless the kernel says which, any of them may be there
         try:
             self.host.add_addresses(index, todo)
-            added = todo
         except PartialAdd as exc:
             added = exc.added
             raise
