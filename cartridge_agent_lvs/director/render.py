@@ -113,6 +113,11 @@ def render(settings, config: LvsConfig) -> str:
     w = _Writer()
     w.open("global_defs")
     w.line(f"router_id {settings.router_id}")
+    if settings.sync_interface and config.vips:
+        # connection sync follows the VRRP instance: master sends, backup receives
+        first = "VI_IPV4" if any(_family(v) == 4 for v in config.vips) else "VI_IPV6"
+        w.line(f"lvs_sync_daemon {settings.sync_interface} {first} "
+               f"id {settings.virtual_router_id}")
     w.close()
     for version in (4, 6):
         vips = [v for v in config.vips if _family(v) == version]

@@ -276,6 +276,9 @@ OPTIONS: Tuple[Option, ...] = (
            "(needs state BACKUP on both)", _G_VRRP),
     Option("router_id", safe_name, "lvs_extension", "keepalived router_id (global_defs)",
            _G_VRRP),
+    Option("sync_interface", optional(ifname), None,
+           "synchronise IPVS connections to the other director over this interface "
+           "(lvs_sync_daemon), so connections survive a failover", _G_VRRP, "IFACE"),
     # IPVS
     Option("scheduler", choice("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed",
                                "nq", "mh", "fo", "ovf", "twos"), "rr", "IPVS scheduler",
@@ -374,6 +377,7 @@ class Settings:
     advert_int: int
     nopreempt: bool
     router_id: str
+    sync_interface: Optional[str]
     scheduler: str
     forwarding_method: str
     protocol: str

@@ -34,7 +34,8 @@ CASES = {
                           priority="90", nopreempt="true", scheduler="wlc",
                           health_check="HTTP_GET", http_path="/health", http_status="204",
                           persistence_timeout="300", sorry_server="192.168.56.200 8080",
-                          delay_loop="10", connect_timeout="2", retry="3", weight="50"),
+                          delay_loop="10", connect_timeout="2", retry="3", weight="50",
+                          sync_interface="eth0"),
     "shop-tun-nocheck": dict(vip_map=SHOP_MAP, forwarding_method="TUN", scheduler="sh",
                              health_check="NONE", virtual_router_id="7",
                              advert_int="3"),
@@ -50,6 +51,8 @@ def shop_topology():
 
 
 def rendered(case: str, **extra) -> str:
+    if "interface" in extra and "sync_interface" in CASES[case]:
+        extra["sync_interface"] = extra["interface"]
     settings = load({"interface": "eth0", **CASES[case], **extra})
     return render(settings, plan(settings, shop_topology()).config)
 
@@ -135,7 +138,7 @@ def test_no_service_found_still_owns_the_vips():
 
 LINE = re.compile(r"^( {4})*(#.*|[A-Za-z0-9_.:/]+( [A-Za-z0-9_.:/?=&%~+-]+)*( \{)?|\}|)$")
 
-KEYWORDS = {"global_defs", "router_id", "vrrp_instance", "state", "interface",
+KEYWORDS = {"global_defs", "router_id", "lvs_sync_daemon", "vrrp_instance", "state", "interface",
             "virtual_router_id", "priority", "advert_int", "virtual_ipaddress",
             "virtual_server", "delay_loop", "lb_algo", "lb_kind", "protocol", "real_server",
             "weight", "TCP_CHECK", "connect_timeout", "retry"}
