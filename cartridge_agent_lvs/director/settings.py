@@ -278,7 +278,8 @@ OPTIONS: Tuple[Option, ...] = (
            _G_VRRP),
     Option("sync_interface", optional(ifname), None,
            "synchronise IPVS connections to the other director over this interface "
-           "(lvs_sync_daemon), so connections survive a failover", _G_VRRP, "IFACE"),
+           "(lvs_sync_daemon), so a new MASTER knows the established connections",
+           _G_VRRP, "IFACE"),
     # IPVS
     Option("scheduler", choice("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed",
                                "nq", "mh", "fo", "ovf", "twos"), "rr", "IPVS scheduler",
