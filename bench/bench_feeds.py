@@ -104,15 +104,16 @@ class Bench:
              for s in range(self.services)},
             inactive={s: sorted(v) for s, v in self.inactive.items()})
 
-    def toggle(self, s: int, i: int, wait: bool = True) -> None:
-        """Suspend member i of service s, or re-activate it."""
+    def flip(self, s: int, i: int) -> str:
+        """Suspend member i of service s, or re-activate it; the event that says so."""
         if i in self.inactive[s]:
             self.inactive[s].discard(i)
-            name = "MemberActivatedEvent"
-        else:
-            self.inactive[s].add(i)
-            name = "MemberSuspendedEvent"
-        self.pub.publish(name, st.member_event(s, i), wait=wait)
+            return "MemberActivatedEvent"
+        self.inactive[s].add(i)
+        return "MemberSuspendedEvent"
+
+    def toggle(self, s: int, i: int, wait: bool = True) -> None:
+        self.pub.publish(self.flip(s, i), st.member_event(s, i), wait=wait)
 
     def expected_conf(self) -> str:
         return render(self.settings, plan(self.settings, parse_topology(self.doc())).config)
@@ -168,12 +169,7 @@ def absorb(b: Bench, events: int) -> tuple:
     infos = []
     for k in range(events):
         s, i = k % b.services, (k // b.services) % b.members
-        if i in b.inactive[s]:
-            b.inactive[s].discard(i)
-            name = "MemberActivatedEvent"
-        else:
-            b.inactive[s].add(i)
-            name = "MemberSuspendedEvent"
+        name = b.flip(s, i)
         infos.append(b.pub.c.publish("topology/" + name, json.dumps(st.member_event(s, i)),
                                      qos=1))
     for info in infos:

@@ -21,6 +21,7 @@ from typing import Any, List, Mapping, Optional
 import pluggy
 
 from . import PROJECT_NAME, hookspecs
+from .errors import LvsError
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,5 @@ def fire(event: str, values: Mapping[str, Any], context: Optional[Context] = Non
         outcome.error = exc
         if log_errors:
             log.error("%s (%s) failed: %s", hook_name, event, exc,
-                      exc_info=not _expected(exc))
+                      exc_info=not isinstance(exc, LvsError))
     return outcome
-
-
-def _expected(exc: BaseException) -> bool:
-    from .errors import LvsError
-    return isinstance(exc, LvsError)

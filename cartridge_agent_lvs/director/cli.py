@@ -29,7 +29,6 @@ from . import settings as settings_mod
 from .keepalived import Keepalived, ValidationError
 
 PROG = "lvs-extension"
-log = logging.getLogger(PROG)
 
 
 

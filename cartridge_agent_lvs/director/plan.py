@@ -148,9 +148,7 @@ class _Planner:
 
     def virtual_servers(self, name: str, vip: str, service: Service) -> List[VirtualServer]:
         version = ipaddress.ip_address(vip).version
-        members = [m for c in sorted(service.clusters)
-                   for m in (service.clusters[c].members[k]
-                             for k in sorted(service.clusters[c].members))]
+        members = service.members()
         active = [m for m in members if m.active]
         addresses = {m.member_id: self.member_address(m, version) for m in active}
         result = []

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import TopologyError
 
@@ -81,6 +81,11 @@ class Service:
     ports: Tuple[Port, ...]
     clusters: Mapping[str, Cluster]
 
+    def members(self) -> List[Member]:
+        """Every member, all clusters, ordered by (cluster id, member id)."""
+        return [self.clusters[c].members[m] for c in sorted(self.clusters)
+                for m in sorted(self.clusters[c].members)]
+
 
 @dataclass(frozen=True)
 class Topology:
@@ -89,10 +94,7 @@ class Topology:
     def members(self, service: str):
         """Every member of *service*, all clusters, ordered by (cluster id, member id)."""
         svc = self.services.get(service)
-        if svc is None:
-            return []
-        return [svc.clusters[c].members[m] for c in sorted(svc.clusters)
-                for m in sorted(svc.clusters[c].members)]
+        return svc.members() if svc is not None else []
 
 
 def _frozen(d: Dict[str, Any]) -> Mapping[str, Any]:

@@ -82,14 +82,13 @@ class VipBinder:
                             f"that first (cartridge-agent-lvs remove)")
         journal = _Journal()
         try:
-            report, state = self._apply(request, state, journal)
+            return self._apply(request, state, journal)
         except BaseException:
             journal.rollback()
             raise
-        return report
 
     def _apply(self, request: LvsRequest, state: Optional[State],
-               journal: _Journal) -> Tuple[Report, State]:
+               journal: _Journal) -> Report:
         bound = self.host.addresses()
         ifname, mode = self._choose(request, state)
         self._check_conflicts(request.vips, bound, ifname, request.mode)
@@ -125,7 +124,7 @@ class VipBinder:
         self._set_sysctls(ifname, state, journal, report)
         if report.changed:
             self.store.save(state)
-        return report, state
+        return report
 
     def _choose(self, request: LvsRequest, state: Optional[State]) -> Tuple[str, str]:
         if request.mode == "loopback" or (state and state.mode == "loopback"

@@ -85,11 +85,14 @@ def _remove(args) -> int:
     return _fire("InstanceCleanupMemberEvent", values, _context(args))
 
 
-def _status(args) -> int:
-    context = _context(args)
+def _inspect(context: Context) -> dict:
     with NetlinkHost(context.netns) as host:
-        status = inspect(host, Sysctl(context.netns),
-                         StateStore(context.netns, context.state_dir))
+        return inspect(host, Sysctl(context.netns),
+                       StateStore(context.netns, context.state_dir))
+
+
+def _status(args) -> int:
+    status = _inspect(_context(args))
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
     return 0
 
@@ -110,23 +113,18 @@ def _demo(args) -> int:
             print("== apply (InstanceStartedEvent)")
             _fire("InstanceStartedEvent", values, context)
             print("== status")
-            _show(context)
+            print(format_status(_inspect(context)))
             print("== apply again (agent restart): a no-op")
             _fire("InstanceStartedEvent", values, context)
             print("== remove (InstanceCleanupMemberEvent)")
             _fire("InstanceCleanupMemberEvent", values, context)
             print("== status after remove")
-            _show(context)
+            print(format_status(_inspect(context)))
         finally:
             netns.remove(name)
             print(f"== namespace {name} deleted")
     return 0
 
-
-def _show(context: Context) -> None:
-    with NetlinkHost(context.netns) as host:
-        print(format_status(inspect(host, Sysctl(context.netns),
-                                    StateStore(context.netns, context.state_dir))))
 
 
 _VERBS = {"apply": _apply, "remove": _remove, "status": _status, "demo": _demo}

@@ -9,9 +9,9 @@ and fixed (``ifaddrmsg`` + IFA_LOCAL/IFA_ADDRESS + IFA_FLAGS), so this module pa
 them with ``struct``, sends them as one batch and reads one ack per message.  Links,
 the dummy driver check and everything else stay on pyroute2 (:mod:`.netlink`).
 
-The socket is opened inside the target network namespace by a short-lived thread
-that joins it first (``pyroute2.netns.setns``); a netlink socket stays bound to the
-namespace it was created in, so the caller's thread never changes namespace.
+The socket is opened inside the target network namespace
+(:func:`.nsthread.run_in_netns`); a netlink socket stays bound to the namespace it was
+created in, so the caller's thread never changes namespace.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import ipaddress
 import os
 import socket
 import struct
-import threading
 from typing import List, Optional, Sequence, Tuple
+
+from .nsthread import run_in_netns
 
 NETLINK_ROUTE = 0
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22
@@ -105,25 +106,8 @@ class RtnlSocket:
         self._seq = 0
 
     def _open(self) -> socket.socket:
-        if not self.netns:
-            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
-        box: dict = {}
-
-        def target() -> None:
-            try:
-                from pyroute2 import netns
-                netns.setns(self.netns, flags=0)
-                box["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                            NETLINK_ROUTE)
-            except BaseException as exc:
-                box["error"] = exc
-
-        thread = threading.Thread(target=target, name=f"rtnl-{self.netns}")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["sock"]
+        return run_in_netns(self.netns, lambda: socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE))
 
     def close(self) -> None:
         self.sock.close()

@@ -1,18 +1,17 @@
 """Kernel parameters through ``/proc/sys``, on the host or inside a network namespace.
 
 ``/proc/sys/net`` shows the network namespace of the calling *thread*: inside a
-namespace, reads and writes run in a short-lived thread that first joins it
-(``pyroute2.netns.setns``) and then dies, so no other thread ever changes namespace.
+namespace, reads and writes run through :func:`.nsthread.run_in_netns`.
 No ``sysctl`` process is spawned.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from typing import Callable, Dict, Iterable, Mapping, Optional, TypeVar
 
 from ..errors import HostError
+from .nsthread import run_in_netns
 
 T = TypeVar("T")
 
@@ -34,27 +33,10 @@ class Sysctl:
         self.root = root
 
     def _run(self, fn: Callable[[], T]) -> T:
-        if not self.netns:
-            return fn()
-        box: dict = {}
-
-        def target() -> None:
-            try:
-                from pyroute2 import netns
-                netns.setns(self.netns, flags=0)
-                box["value"] = fn()
-            except BaseException as exc:   # handed to the caller's thread
-                box["error"] = exc
-
-        thread = threading.Thread(target=target, name=f"sysctl-{self.netns}")
-        thread.start()
-        thread.join()
-        if "error" in box:
-            exc = box["error"]
-            if isinstance(exc, FileNotFoundError) and not isinstance(exc, HostError):
-                raise HostError(f"network namespace {self.netns!r} does not exist") from None
-            raise exc
-        return box["value"]
+        try:
+            return run_in_netns(self.netns, fn)
+        except FileNotFoundError:   # setns: the namespace is gone
+            raise HostError(f"network namespace {self.netns!r} does not exist") from None
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, name)
