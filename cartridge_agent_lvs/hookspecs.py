@@ -6,17 +6,28 @@ below (see :data:`cartridge_agent_lvs.pluginmanager.EVENT_HOOKS`).  Every hook i
 called with keyword arguments:
 
 ``values``
-    the dict the agent passes to plugins: every payload parameter (``LVS_VIRTUAL_IP``,
-    ``MEMBER_ID``, ``CLUSTER_ID`` ...), plus ``EVENT`` (the event name) and the
-    event's own fields.  Read-only for hooks.
+    the dict the Stratos agent passes to plugins, as it passes it: every payload
+    parameter under its raw name (``LVS_VIRTUAL_IP``, ``MEMBER_ID``, ``CLUSTER_ID``
+    ...), plus ``MB_IP``, ``APPLICATION_PATH``, ``PARAM_FILE_PATH``, ``EVENT`` (the
+    event name) and, on some events, ``TOPOLOGY_JSON``.  Keys whose value is None are
+    absent.  **The event's own fields are never passed**: on a member event
+    ``MEMBER_ID`` is this instance's id, not the id of the member the event is about.
+    Read-only for hooks.
 ``context``
     a :class:`cartridge_agent_lvs.pluginmanager.Context`: where to act (``netns``:
     a network namespace name or None for the host) and where to keep state
     (``state_dir``).
 
-A hook returns a short human-readable report (or None); the caller collects them.
-An exception in a hook is logged by the dispatcher and never reaches the agent's
-event loop (:func:`cartridge_agent_lvs.pluginmanager.fire`).
+A hook returns a short human-readable report -- an object with ``lines()``, a string,
+a list of strings -- or None; the dispatcher turns each into log lines.  Every
+implementation is called on its own: an exception in one plugin is logged, listed in
+the outcome and does not stop the others, and nothing reaches the agent's event loop
+(:func:`cartridge_agent_lvs.pluginmanager.fire`).
+
+Events the real agent sends, in order, for one instance: ``CreateLVSDummyInterface``
+(at agent start, only when the payload has ``LVS_VIRTUAL_IP``; before the topology),
+``InstanceStartedEvent``, ``InstanceActivatedEvent``, and at the end ``clean`` (the
+agent's name for instance cleanup).
 
 Third-party plugins implement any subset of these hooks with
 ``@cartridge_agent_lvs.hookimpl`` and register under the entry-point group
@@ -61,12 +72,13 @@ def instance_activated(values, context):
 def instance_cleanup(values, context):
     """The member goes away: undo everything :func:`instance_started` did.
 
-    Fired for ``InstanceCleanupMemberEvent`` and ``InstanceCleanupClusterEvent``, and
-    for ``MemberTerminatedEvent`` when the terminated member is this instance
-    (``values["memberId"] == values["MEMBER_ID"]``).  Must succeed when there is
-    nothing to undo.
+    Fired for ``clean``: the Stratos agent hands ``InstanceCleanupMemberEvent`` and
+    ``InstanceCleanupClusterEvent`` of the broker to plugins under that one name (the
+    broker names are mapped too, for agents that pass them through).  Never fired for
+    ``MemberTerminatedEvent``: that event is about another member.  Must succeed when
+    there is nothing to undo.
 
-    :param values: payload parameters + ``EVENT`` (+ the event's fields).
+    :param values: payload parameters + ``EVENT``.
     :param context: where to act.
     """
 
@@ -80,9 +92,12 @@ def member_event(event, values, context):
     ``MemberReadyToShutdownEvent``, ``MemberInitializedEvent``,
     ``MemberStartedEvent``, ``MemberCreatedEvent``.
 
+    The agent fires these for any member of the topology (cached as Initialized) and
+    passes none of the event's fields: nothing in ``values`` says which member the
+    event is about, so an implementation must never undo this instance's setup here.
+
     :param event: the event name.
-    :param values: payload parameters + ``EVENT`` + the event's fields (``serviceName``,
-        ``clusterId``, ``memberId`` ...).
+    :param values: payload parameters + ``EVENT`` (this instance's ``MEMBER_ID``).
     :param context: where to act.
     """
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from .addresses import VirtualIP, check_ifname, parse_vip
 from .errors import PayloadError
@@ -136,3 +136,24 @@ def lvs_request(values: Mapping[str, object],
         raise PayloadError(KEY_INTERFACE, interface, "use LVS_MODE=loopback to bind on lo",
                            source)
     return LvsRequest(vips, interface, mode)
+
+
+def stratos_agent_warnings(values: Mapping[str, object]) -> List[str]:
+    """What in a valid payload the Stratos Python agent itself cannot take.
+
+    The agent computes ``LVS_VIRTUAL_IP.split("|")[1]`` before any plugin runs: a
+    value without ``|`` (a bare VIP, ``VIP/PREFIX``) raises IndexError and ends the
+    agent.  It also cuts every payload value at a second ``=``.
+    """
+    warnings = []
+    text = _text(values, KEY_VIP, None)
+    if text is not None and "|" not in text:
+        warnings.append(f"{KEY_VIP}={text!r}: the Stratos agent splits this value on '|' "
+                        "before any plugin runs and exits when there is none: write "
+                        "each VIP as VIP|NETMASK for the Stratos agent")
+    for key in (KEY_VIP, KEY_INTERFACE, KEY_MODE):
+        value = values.get(key)
+        if isinstance(value, str) and "=" in value:
+            warnings.append(f"{key}={value!r}: the Stratos agent cuts payload values "
+                            "at '='")
+    return warnings

@@ -1,16 +1,35 @@
+# -*- coding: utf-8 -*-
 """Stratos cartridge agent plugin: LVS direct routing on this real server.
 
-Copy (or link) this file and ``LvsRealServer.yapsy-plugin`` into the agent's
-``plugins/`` folder, with ``cartridge-agent-lvs`` pip-installed into the agent's
-virtualenv.  The agent calls :meth:`LvsRealServer.run_plugin` for each event named in
-the descriptor's Description; the event goes to the pluggy hooks of
-``cartridge_agent_lvs`` (the same ones the ``cartridge-agent-lvs`` CLI fires).
+The Stratos Python cartridge agent is Python 2.7 code with no virtualenv; this
+package needs Python 3.  So this file is written for both: it imports nothing that
+Python 2.7 lacks, and it hands each event to ``cartridge_agent_lvs``
 
-Whatever happens, ``run_plugin`` returns: a failure is logged, never raised into the
-agent's event loop.
+* in-process, when the agent's own interpreter can import ``cartridge_agent_lvs``
+  (a Python 3 agent that has the package installed); otherwise
+* to the package installed in its own Python 3 environment: the console script
+  ``cartridge-agent-lvs agent-event`` runs as a child process, the agent's ``values``
+  go to it as JSON on standard input (never on the command line, where payload
+  secrets such as ``TOKEN`` would show in ``ps``), it answers with one JSON line, and
+  it is killed after a timeout.
+
+``cartridge-agent-lvs install-pca PCA_HOME`` copies this file and its descriptor into
+``PCA_HOME/plugins`` and writes ``LvsRealServer.json`` beside them: where the console
+script lives (``command``), the child's ``timeout`` in seconds and an optional
+``state_dir``.  Without that file the environment variable
+``CARTRIDGE_AGENT_LVS_COMMAND`` or ``cartridge-agent-lvs`` on ``PATH`` is used.
+
+Whatever happens, ``run_plugin`` returns: every outcome is logged in one line per
+event, nothing is raised into the agent's event loop.
 """
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import threading
+import time
 
 try:  # inside the Stratos agent
     from plugins.contracts import ICartridgeAgentPlugin
@@ -19,21 +38,122 @@ except ImportError:  # elsewhere (tests, other agents built on Yapsy)
 
 log = logging.getLogger("LvsRealServer")
 
+CONFIG_FILE = "LvsRealServer.json"
+ENV_COMMAND = "CARTRIDGE_AGENT_LVS_COMMAND"
+SCRIPT = "cartridge-agent-lvs"
+DEFAULT_TIMEOUT = 60.0
+#: the child is a Python 3 program: the agent's Python 2 settings must not reach it
+_SCRUBBED_ENV = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE")
+
+try:
+    _text = unicode  # noqa: F821 -- Python 2
+except NameError:
+    _text = str
+
+
+def _config():
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), CONFIG_FILE)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (IOError, OSError):
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError("%s is not a JSON object" % path)
+    return config
+
+
+def _find_command(config):
+    command = config.get("command") or os.environ.get(ENV_COMMAND)
+    if command:
+        return command
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder, SCRIPT)
+        if folder and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("%s not found: run '%s install-pca PCA_HOME' from the package's "
+                       "Python 3 environment" % (SCRIPT, SCRIPT))
+
+
+def _as_text(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, _text) else _text(value)
+
+
+def _jsonable(values):
+    """The agent's values as text -> text (Python 2 hands str/unicode/other)."""
+    return dict((_as_text(k), _as_text(v)) for k, v in values.items() if v is not None)
+
+
+def _in_process(event, values, config):
+    """Fire the hooks here; None when this interpreter cannot import the package."""
+    try:
+        from cartridge_agent_lvs.pluginmanager import Context, fire
+    except Exception:  # Python 2, or the package is not installed here
+        return None
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    outcome = fire(event, values, Context(state_dir=config.get("state_dir")),
+                   log_errors=False)
+    return {"ok": outcome.ok, "hook": outcome.hook, "lines": outcome.lines()}
+
+
+def _child(event, values, config):
+    """Hand the event to the console script of the package's Python 3 environment."""
+    argv = [_find_command(config), "agent-event"]
+    if config.get("state_dir"):
+        argv += ["--state-dir", config["state_dir"]]
+    timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+    env = dict((k, v) for k, v in os.environ.items() if k not in _SCRUBBED_ENV)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, close_fds=True, env=env)
+    except OSError as exc:
+        raise RuntimeError("cannot run %s: %s" % (argv[0], exc.strerror or exc))
+    killed = []
+
+    def kill():
+        killed.append(True)
+        proc.kill()
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    try:
+        data = json.dumps(_jsonable(values)).encode("utf-8")
+        out, err = proc.communicate(data)
+    finally:
+        timer.cancel()
+    if killed:
+        raise RuntimeError("%s timed out after %g s and was killed" % (argv[0], timeout))
+    answer = out.decode("utf-8", "replace").strip().splitlines()
+    try:
+        return json.loads(answer[-1])
+    except (IndexError, ValueError):
+        detail = " ".join(err.decode("utf-8", "replace").split())[-300:]
+        raise RuntimeError("%s exited %s without an answer%s" % (
+            argv[0], proc.returncode, (": " + detail) if detail else ""))
+
 
 class LvsRealServer(ICartridgeAgentPlugin):
-    """Dispatches ``values["EVENT"]`` to the cartridge_agent_lvs hooks."""
+    """Hands ``values["EVENT"]`` to the cartridge_agent_lvs hooks."""
 
     def run_plugin(self, values):
-        event = (values or {}).get("EVENT", "")
+        event = "?"
+        started = time.time()
         try:
-            from cartridge_agent_lvs.pluginmanager import fire
-            outcome = fire(event, values or {})
-        except Exception:  # not even importable: log, never raise into the agent
-            log.exception("LVS plugin could not run for %s", event)
-            return
-        if outcome.ok:
-            for report in outcome.reports:
-                for line in report.lines():
-                    log.info("%s: %s", event, line)
-        else:
-            log.error("LVS plugin failed for %s: %s", event, outcome.error)
+            values = dict(values or {})
+            event = values.get("EVENT") or "?"
+            config = _config()
+            answer = _in_process(event, values, config)
+            where = "in-process"
+            if answer is None:
+                answer = _child(event, values, config)
+                where = "subprocess"
+            line = "LVS %s (%s, %s, %.2f s): %s" % (
+                event, answer.get("hook") or "no hook", where, time.time() - started,
+                "; ".join(answer.get("lines") or []) or "nothing to do")
+            if answer.get("ok"):
+                log.info(line)
+            else:
+                log.error(line)
+        except Exception as exc:  # never raise into the agent's event loop
+            log.error("LVS %s: plugin could not run: %s", event, exc)

@@ -9,8 +9,15 @@
    force one;
 3. bind every VIP as a host address (/32, /128: a payload netmask is accepted but
    never installs a subnet route), IPv6 without DAD;
-4. set ``arp_ignore=1`` / ``arp_announce=2`` on ``all`` and on the VIP's interface;
-5. record what changed (and the sysctls' previous values) in the state file.
+4. take a VIP off a dummy link where the Stratos agent's stock bash extension bound
+   it as ``VIP/NETMASK`` (``dummy0``, with a subnet route and no ARP settings): the
+   host ends with exactly the host address;
+5. set ``arp_ignore=1`` / ``arp_announce=2`` on ``all`` and on the VIP's interface;
+6. record what changed (and the sysctls' previous values) in the state file.
+
+An existing interface named by ``LVS_INTERFACE`` must be a dummy link: a VIP on a
+real NIC would answer ARP for it (``arp_ignore`` cannot help on the interface that
+owns the address) and steal the director's traffic.
 
 Every change is journalled; if any step fails, the journal is undone in reverse and
 the host is as before.  A second apply of the same request changes nothing.
@@ -91,10 +98,15 @@ class VipBinder:
                journal: _Journal) -> Report:
         bound = self.host.addresses()
         ifname, mode = self._choose(request, state)
+        stock = self._stock_bindings({v.address: v.host_prefixlen for v in request.vips},
+                                     bound, ifname)
+        bound = [a for a in bound if a not in stock]
         self._check_conflicts(request.vips, bound, ifname, request.mode)
         report = Report(ifname, mode)
         state = state or State(interface=ifname, mode=mode)
         index = self.host.link_index(ifname)
+        if index is not None and mode == "dummy":
+            self._check_kind(ifname, index)
         if index is None:
             index, mode, ifname = self._create(request, journal, report)
             report.interface, report.mode = ifname, mode
@@ -121,6 +133,7 @@ class VipBinder:
             report.actions.append(f"bound {vip.address}/{vip.host_prefixlen} on {ifname}"
                                   + (f" (payload mask /{vip.prefixlen}: no subnet route)"
                                      if vip.prefixlen != vip.host_prefixlen else ""))
+        self._take_off(stock, state, journal, report)
         self._set_sysctls(ifname, state, journal, report)
         if report.changed:
             self.store.save(state)
@@ -152,6 +165,39 @@ class VipBinder:
         journal.add(f"link {request.interface}", lambda: self.host.delete_link(index))
         report.actions.append(f"created dummy link {request.interface}")
         return index, "dummy", request.interface
+
+    def _check_kind(self, ifname: str, index: int) -> None:
+        kind = self.host.link_kind(index)
+        if kind != "dummy":
+            raise HostError(f"LVS_INTERFACE {ifname} is an existing {kind or 'physical'} "
+                            "link, not a dummy one: a VIP there would answer ARP and "
+                            "steal the director's traffic; name a dummy or a new "
+                            "interface")
+
+    def _stock_bindings(self, wanted: dict, bound, ifname: str) -> list:
+        """Addresses the stock ``CreateLVSDummyInterface.sh`` left: a VIP (address ->
+        its host prefix length in *wanted*) with a subnet prefix on a dummy link other
+        than ours."""
+        kinds: dict = {}
+        found = []
+        for a in bound:
+            if a.ifname != ifname and a.prefixlen < wanted.get(a.address, 0):
+                if a.index not in kinds:
+                    kinds[a.index] = self.host.link_kind(a.index)
+                if kinds[a.index] == "dummy":
+                    found.append(a)
+        return found
+
+    def _take_off(self, stock: list, state: State, journal: _Journal,
+                  report: Report) -> None:
+        for a in stock:
+            self.host.delete_addresses(a.index, [(a.address, a.prefixlen)])
+            journal.add(f"{a.address}/{a.prefixlen} on {a.ifname}",
+                        lambda a=a: self.host.add_subnet_addresses(
+                            a.index, [(a.address, a.prefixlen)]))
+            state.adopted.append(f"{a.address}/{a.prefixlen} {a.ifname}")
+            report.actions.append(f"took {a.address}/{a.prefixlen} off {a.ifname} (bound "
+                                  "there by the stock bash extension, with a subnet route)")
 
     @staticmethod
     def _check_conflicts(vips, bound, ifname: str, mode: str) -> None:
@@ -202,6 +248,14 @@ class VipBinder:
             except HostError as exc:
                 failures.append(str(exc))
                 remaining.addresses = list(state.addresses)
+        try:    # the stock bash extension may have bound a VIP again since apply
+            for a in self._stock_bindings(dict(entries), self.host.addresses(),
+                                          state.interface):
+                self.host.delete_addresses(a.index, [(a.address, a.prefixlen)])
+                report.actions.append(f"removed {a.address}/{a.prefixlen} from {a.ifname} "
+                                      "(bound there by the stock bash extension)")
+        except HostError as exc:
+            failures.append(str(exc))
         if state.created_link and index is not None:
             try:
                 self.host.delete_link(index)

@@ -160,6 +160,14 @@ class NetlinkHost:
             raise PartialAdd(f"adding {vip.address} in {self.where}: {strerror(code)}",
                              [v for v, c in zip(vips, codes) if not c])
 
+    def add_subnet_addresses(self, index: int, entries: List[tuple]) -> None:
+        """Add (address, prefixlen) pairs as plain addresses, prefix route included
+        (only to put back what a rollback must restore)."""
+        codes = self._bulk().batch(RTM_NEWADDR, [(index, a, p, 0) for a, p in entries])
+        for (address, _), code in zip(entries, codes):
+            if code not in (0, errno.EEXIST):
+                raise HostError(f"adding {address} in {self.where}: {strerror(code)}")
+
     def delete_addresses(self, index: int, entries: List[tuple]) -> List[bool]:
         """Remove (address, prefixlen) pairs; per pair, False when it was not there."""
         codes = self._bulk().batch(RTM_DELADDR, [(index, a, p, 0) for a, p in entries])

@@ -2,9 +2,10 @@
 
 Registered by :func:`cartridge_agent_lvs.pluginmanager.get_plugin_manager` as
 ``lvs-realserver``.  On instance start it binds the payload's VIPs (nothing when the
-payload has no ``LVS_VIRTUAL_IP``); on cleanup, or when the terminated member is this
-one, it undoes exactly what it recorded.  Errors propagate to the dispatcher, which
-logs them and keeps the agent running.
+payload has no ``LVS_VIRTUAL_IP``); on instance cleanup (the agent's ``clean``) it undoes
+exactly what it recorded.  It never acts on member events: the agent fires those for
+*other* members of the topology, with this instance's own payload in ``values``.
+Errors propagate to the dispatcher, which logs them and keeps the agent running.
 """
 
 from __future__ import annotations
@@ -52,11 +53,3 @@ def instance_started(values, context):
 @hookimpl
 def instance_cleanup(values, context):
     return cleanup(values, context)
-
-
-@hookimpl
-def member_event(event, values, context):
-    own, terminated = values.get("MEMBER_ID"), values.get("memberId")
-    if event == "MemberTerminatedEvent" and own and own == terminated:
-        return cleanup(values, context)
-    return None

@@ -28,6 +28,9 @@ class State:
     addresses: List[str] = field(default_factory=list)
     #: sysctl name -> its value before we first changed it
     sysctls: Dict[str, str] = field(default_factory=dict)
+    #: "ADDRESS/PREFIXLEN IFNAME": a VIP the stock bash extension had bound with its
+    #: subnet mask on a dummy link, taken off there (not put back by cleanup)
+    adopted: List[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:

@@ -68,9 +68,10 @@ def snapshot(ns: str) -> tuple:
 @pytest.fixture
 def fake_dummy_driver(mocker):
     """The host kernel has no dummy driver: a 'dummy' link is created as an ifb link
-    (another virtual device the host kernel has), so the dummy path -- create, bring
-    up, bind, sysctls on the new link, delete -- runs against real netlink.  Returns
-    the list of link kinds requested."""
+    (another virtual device the host kernel has), and an ifb link reads back as kind
+    'dummy', so the dummy path -- create, bring up, bind, sysctls on the new link,
+    delete, the stock extension's dummy0 -- runs against real netlink.  Returns the
+    list of link kinds requested."""
     requested = []
     real_conn = NetlinkHost._conn
 
@@ -90,4 +91,8 @@ def fake_dummy_driver(mocker):
 
     mocker.patch.object(NetlinkHost, "_conn", autospec=True,
                         side_effect=lambda self: Rtnl(real_conn(self)))
+    real_kind = NetlinkHost.link_kind
+    mocker.patch.object(NetlinkHost, "link_kind", autospec=True,
+                        side_effect=lambda self, index: {"ifb": "dummy"}.get(
+                            real_kind(self, index), real_kind(self, index)))
     return requested

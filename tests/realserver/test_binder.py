@@ -168,3 +168,70 @@ def test_forced_loopback_mode(netns, state_dir, fake_dummy_driver):
 def test_missing_namespace_is_a_host_error(state_dir):
     with pytest.raises(HostError, match="does not exist"):
         binder("lvs-test-no-such-ns", state_dir).apply(request())
+
+
+# -- the stock bash extension, and interfaces that are not ours --------------------------
+
+def _stock_extension(ns, vip="192.168.56.40", prefix=24):
+    """What the agent's stock CreateLVSDummyInterface.sh leaves (`ifconfig dummy0 VIP
+    netmask MASK`): VIP/MASK on dummy0, up, with its subnet route.  dummy0 is an ifb
+    link here, which ``fake_dummy_driver`` reads back as a dummy one."""
+    import subprocess
+    for cmd in (["link", "add", "dummy0", "type", "ifb"],
+                ["addr", "add", f"{vip}/{prefix}", "dev", "dummy0"],
+                ["link", "set", "dummy0", "up"]):
+        subprocess.run(["ip", "-n", ns, *cmd], check=True, capture_output=True)
+
+
+def _v4(addrs):
+    return [a for a in addrs if "." in a]
+
+
+def test_a_vip_the_stock_extension_bound_is_turned_into_the_host_address(
+        netns, state_dir, fake_dummy_driver):
+    _stock_extension(netns)
+    assert [r for r in routes(netns) if "192.168.56.0" in r]
+    b = binder(netns, state_dir)
+    report = b.apply(request("192.168.56.40|255.255.255.0"))
+    assert any("took 192.168.56.40/24 off dummy0" in a for a in report.actions)
+    now = addresses(netns)
+    assert _v4(now["lvs0"]) == ["192.168.56.40/32"] and not _v4(now["dummy0"])
+    assert not [r for r in routes(netns) if "192.168.56.0" in r]
+    assert sysctls(netns)["net/ipv4/conf/lvs0/arp_ignore"] == "1"
+    assert b.store.load().adopted == ["192.168.56.40/24 dummy0"]
+    b.remove()
+    now = addresses(netns)
+    assert "lvs0" not in now and not _v4(now["dummy0"])
+    assert not any("192.168.56.40" in a for v in now.values() for a in v)
+    assert sysctls(netns)["net/ipv4/conf/all/arp_ignore"] == "0"
+
+
+def test_cleanup_also_removes_a_vip_the_stock_extension_bound_again(
+        netns, state_dir, fake_dummy_driver):
+    b = binder(netns, state_dir)
+    b.apply(request("192.168.56.40|255.255.255.0"))
+    _stock_extension(netns)                   # e.g. the agent restarted without install-pca
+    report = b.remove()
+    assert any("removed 192.168.56.40/24 from dummy0" in a for a in report.actions)
+    assert not any("192.168.56.40" in a for v in addresses(netns).values() for a in v)
+
+
+def test_a_rollback_puts_the_stock_binding_back(netns, state_dir, fake_dummy_driver, mocker):
+    _stock_extension(netns)
+    before = snapshot(netns)
+    b = binder(netns, state_dir)
+    mocker.patch.object(b, "_set_sysctls", side_effect=HostError("sysctl refused"))
+    with pytest.raises(HostError):
+        b.apply(request("192.168.56.40|255.255.255.0"))
+    assert snapshot(netns) == before
+
+
+def test_an_existing_nic_named_in_the_payload_is_refused(netns, state_dir, fake_dummy_driver):
+    """A VIP on a real NIC answers ARP for it: exactly what direct routing must avoid."""
+    import subprocess
+    subprocess.run(["ip", "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name",
+                    "eth1"], check=True)
+    before = snapshot(netns)
+    with pytest.raises(HostError, match="eth0 is an existing veth link, not a dummy"):
+        binder(netns, state_dir).apply(request(LVS_INTERFACE="eth0"))
+    assert snapshot(netns) == before and binder(netns, state_dir).store.load() is None

@@ -89,3 +89,51 @@ def test_demo_cleans_up_its_namespace(capsys):
     assert code == 0 and "verdict:    ready for LVS-DR" in out
     assert "== apply again (agent restart): a no-op" in out and "no change" in out
     assert set(pyroute2_netns.listnetns()) == before
+
+
+# -- what the Stratos agent itself can take ------------------------------------------------
+
+@pytest.mark.parametrize("name, code", [("single-vip-netmask.launch-params", 0),
+                                        ("ipv6.launch-params", 1),
+                                        ("loopback-mode.launch-params", None)])
+def test_check_warns_about_payloads_the_stratos_agent_crashes_on(capsys, name, code):
+    with open(sample(name)) as f:
+        vip = f.read().split("LVS_VIRTUAL_IP=")[1].split(",")[0].strip()
+    expected = 0 if "|" in vip else 1
+    assert code in (None, expected)
+    got, out, err = cli(capsys, "check", "--payload", sample(name))
+    assert got == expected and "VIP(s)" in out
+    if expected:
+        assert err.count("\n") == 1 and "LVS_VIRTUAL_IP=" in err and "'|'" in err
+    else:
+        assert err == ""
+
+
+def test_check_of_a_malformed_payload_is_one_line_exit_2(capsys):
+    code, out, err = cli(capsys, "check", "--payload", sample("malformed/bad-octet.launch-params"))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "LVS_VIRTUAL_IP=" in err
+
+
+def test_apply_warns_but_applies_a_form_only_the_agent_cannot_take(capsys, netns, state_dir):
+    code, out, err = cli(capsys, "apply", "--payload", sample("ipv6.launch-params"),
+                         "--netns", netns, "--state-dir", state_dir)
+    assert code == 0 and "bound fd99::100/128" in out
+    assert "warning: LVS_VIRTUAL_IP=" in err and "Stratos agent" in err
+
+
+def test_agent_event_answers_one_json_line(capsys, monkeypatch, netns, state_dir):
+    import io
+    before = snapshot(netns)
+    values = {"EVENT": "InstanceStartedEvent", "LVS_VIRTUAL_IP": "192.168.56.40|255.255.255.0"}
+    for stdin, ok in ((json.dumps(values), True), ("not json", False), ("[1]", False),
+                      (json.dumps(dict(values, LVS_VIRTUAL_IP="300.1.1.1")), False),
+                      (json.dumps({"EVENT": "clean"}), True)):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+        code, out, err = cli(capsys, "agent-event", "--netns", netns, "--state-dir",
+                             state_dir)
+        answer = json.loads(out)
+        assert out.count("\n") == 1 and answer["ok"] is ok and code == (0 if ok else 1)
+        assert answer["lines"] and "Traceback" not in err
+        if stdin.startswith('{"EVENT": "InstanceStartedEvent", "LVS_VIRTUAL_IP": "192'):
+            assert "192.168.56.40/32" in addresses(netns)["lo"]
+    assert snapshot(netns) == before

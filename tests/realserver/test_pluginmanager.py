@@ -38,6 +38,12 @@ def third_party(tmp_path, monkeypatch):
         @hookimpl
         def complete_topology(values, context):
             raise RuntimeError("audit plugin is broken")
+        @hookimpl
+        def instance_started(values, context):
+            raise RuntimeError("audit cannot start")
+        @hookimpl(trylast=True)
+        def instance_cleanup(values, context):
+            return None
     """))
     info = tmp_path / "lvs_audit-1.0.dist-info"
     info.mkdir()
@@ -59,7 +65,53 @@ def test_entry_point_plugins_are_loaded_and_called(third_party):
 def test_a_plugin_exception_is_contained(third_party, caplog):
     outcome = fire("CompleteTopologyEvent", {}, Context(), get_plugin_manager())
     assert not outcome.ok and "audit plugin is broken" in str(outcome.error)
-    assert "complete_topology (CompleteTopologyEvent) failed" in caplog.text
+    assert ("complete_topology (CompleteTopologyEvent): plugin audit failed: audit plugin "
+            "is broken") in caplog.text
+
+
+def test_a_failing_plugin_does_not_stop_the_builtin_one(third_party, mocker):
+    """The third-party plugin runs first (registered last) and raises: the built-in
+    plugin still binds, and the outcome lists the failure in one line."""
+    setup = mocker.patch("cartridge_agent_lvs.realserver.plugin.setup",
+                         return_value="bound")
+    outcome = fire("InstanceStartedEvent", {"LVS_VIRTUAL_IP": "10.1.1.1"}, Context(),
+                   get_plugin_manager())
+    assert setup.call_count == 1
+    assert outcome.results == [("lvs-realserver", "bound")]
+    assert outcome.lines() == ["bound", "plugin audit failed: audit cannot start"]
+    assert not outcome.ok
+
+
+@pytest.mark.parametrize("returned, lines", [
+    ("a string", ["a string"]), (None, []), (["one", 2], ["one", "2"]), (7, ["7"])])
+def test_whatever_a_hook_returns_becomes_lines(returned, lines):
+    import pluggy
+    from cartridge_agent_lvs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def instance_activated(self, values, context):
+            return returned
+    pm = pluggy.PluginManager("cartridge_agent_lvs")
+    pm.add_hookspecs(hookspecs)
+    pm.register(Plugin())
+    outcome = fire("InstanceActivatedEvent", {}, pm=pm)
+    assert outcome.ok and outcome.lines() == lines
+
+
+def test_the_process_builds_one_plugin_manager():
+    from cartridge_agent_lvs.pluginmanager import default_plugin_manager
+    assert default_plugin_manager() is default_plugin_manager()
+
+
+def test_agent_event_names():
+    """The real agent's names: ``clean`` undoes; member events never do."""
+    assert EVENT_HOOKS["clean"] == "instance_cleanup"
+    assert EVENT_HOOKS["CreateLVSDummyInterface"] == EVENT_HOOKS["InstanceStartedEvent"] \
+        == "instance_started"
+    assert EVENT_HOOKS["MemberTerminatedEvent"] == "member_event"
+    from cartridge_agent_lvs.realserver import plugin
+    assert not hasattr(plugin, "member_event")
 
 
 def test_unknown_events_do_nothing():
