@@ -11,10 +11,8 @@ every event.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -26,59 +24,23 @@ import pytest
 from cartridge_agent_lvs.realserver import cli, pca
 
 from .conftest import addresses, snapshot, sysctls
+from .pca_agent import (EVENT_DEADLINE, Agent, errors, find_python27, make_pca_home,
+                        plugin_lines)
 
 pytestmark = pytest.mark.netns
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
-STANDIN = os.path.join(HERE, "pca_standin.py")
-#: Yapsy for Python 2.7, installed by scripts/bootstrap (pip --target)
-PY2_SITE = os.path.join(REPO, ".cache", "py2")
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "cartridge-agent-lvs")
 VIP = "192.168.56.40"
 PAYLOAD = ("APPLICATION_ID=shop,SERVICE_NAME=tomcat,CLUSTER_ID=tomcat.shop.domain,"
            "MEMBER_ID=tomcat.member-7,PORTS=8080,LB_CLUSTER_ID=null,TOKEN=c2VjcmV0==,"
            f"LVS_VIRTUAL_IP={VIP}|255.255.255.0\n")
-#: the stock extension as the facts describe it (Stratos' source tree has it 644;
-#: the cartridge base image makes it executable)
-STOCK_EXTENSION = textwrap.dedent("""\
-    #!/bin/bash
-    modprobe dummy numdummies=1
-    ifconfig dummy0 ${STRATOS_LVS_DUMMY_VIRTUAL_IP} netmask ${STRATOS_LVS_SUBNET_MASK}
-    echo "update the dummy interface with ${STRATOS_LVS_DUMMY_VIRTUAL_IP}"
-    """)
-CONTRACTS = textwrap.dedent("""\
-    from yapsy.IPlugin import IPlugin
-    class ICartridgeAgentPlugin(IPlugin):
-        def run_plugin(self, values):
-            raise NotImplementedError
-    """)
-#: a plugin run is a Python 3 start + import + netlink: seconds at most, even on a
-#: busy machine; the agent stand-in's answer to an event is awaited this long
-EVENT_DEADLINE = 90
-
-
-def _python27():
-    candidates = [shutil.which("python2.7")]
-    try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout
-        candidates += sorted(glob.glob(os.path.join(root.strip(), "versions", "2.7*",
-                                                    "bin", "python")))
-    except OSError:
-        pass
-    candidates += sorted(glob.glob("/root/.pyenv/versions/2.7*/bin/python"))
-    env = dict(os.environ, PYTHONPATH=PY2_SITE)
-    for path in filter(None, candidates):
-        ok = subprocess.run([path, "-c", "import sys, yapsy; assert sys.version_info[:2] "
-                             "== (2, 7)"], env=env, capture_output=True).returncode == 0
-        if ok:
-            return path
-    return None
 
 
 @pytest.fixture(scope="module")
 def python27():
-    path = _python27()
+    path = find_python27()
     if path is None:
         message = ("no Python 2.7 with Yapsy (python2.7 on PATH or under pyenv, Yapsy in "
                    ".cache/py2: scripts/bootstrap installs it)")
@@ -90,59 +52,7 @@ def python27():
 
 @pytest.fixture
 def pca_home(tmp_path):
-    """An agent home as the facts describe it: agent.py, plugins/contracts.py and the
-    bash extensions, the stock CreateLVSDummyInterface.sh among them."""
-    home = tmp_path / "pca"
-    (home / "plugins").mkdir(parents=True)
-    (home / "extensions" / "bash").mkdir(parents=True)
-    (home / "agent.py").write_text("# the agent\n")
-    (home / "plugins" / "__init__.py").write_text("")
-    (home / "plugins" / "contracts.py").write_text(CONTRACTS)
-    bash = home / "extensions" / "bash"
-    (bash / "CreateLVSDummyInterface.sh").write_text(STOCK_EXTENSION)
-    for event in ("InstanceStartedEvent", "InstanceActivatedEvent", "MemberTerminatedEvent",
-                  "clean"):
-        (bash / f"{event}.sh").write_text(f"#!/bin/bash\necho {event}\n")
-    for script in bash.iterdir():
-        script.chmod(0o755)
-    (home / "launch-params").write_text(PAYLOAD)
-    return home
-
-
-class Agent:
-    """The stand-in agent, alive across events like the real one."""
-
-    def __init__(self, python27, netns, home):
-        self.home = home
-        env = dict(os.environ, PYTHONPATH=PY2_SITE)
-        env.pop("CARTRIDGE_AGENT_LVS_STATE_DIR", None)
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, python27, STANDIN, str(home),
-             str(home / "launch-params")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env, cwd=str(home))
-
-    def fire(self, event: str) -> str:
-        self.proc.stdin.write(event + "\n")
-        self.proc.stdin.flush()
-        line = _readline(self.proc, EVENT_DEADLINE)
-        return line.strip()
-
-    def close(self) -> str:
-        self.proc.stdin.close()
-        self.proc.wait(EVENT_DEADLINE)
-        assert self.proc.returncode == 0, self.proc.stderr.read()
-        return self.log()
-
-    def log(self) -> str:
-        return (self.home / "agent.log").read_text()
-
-
-def _readline(proc, deadline):
-    import selectors
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        assert sel.select(deadline), f"the agent stand-in did not answer in {deadline} s"
-    return proc.stdout.readline()
+    return make_pca_home(tmp_path / "pca", PAYLOAD)
 
 
 @pytest.fixture
@@ -154,30 +64,11 @@ def agent(python27, netns, pca_home):
         return made[-1]
     yield start
     for a in made:
-        if a.proc.poll() is None:
-            a.proc.kill()
-            a.proc.wait()
+        a.kill()
 
 
 def install(home, *extra):
     assert cli.main(["install-pca", str(home), "--command", SCRIPT, *extra]) == 0
-
-
-def plugin_lines(log: str) -> list:
-    return [line for line in log.splitlines() if " LvsRealServer: " in line]
-
-
-def errors(log: str) -> list:
-    """ERROR lines and tracebacks -- but not Yapsy's DEBUG ones at plugin load, which
-    it writes for every non-class name of every plugin module, the agent's own too."""
-    bad, lines = [], log.splitlines()
-    for i, line in enumerate(lines):
-        if " ERROR " in line:
-            bad.append(line)
-        if line.startswith("Traceback") and "correct subclass tests failed" not in \
-                lines[i - 1]:
-            bad.append(lines[i - 1])
-    return bad
 
 
 def test_the_agent_start_sequence_binds_and_clean_restores(agent, netns, pca_home,
