@@ -34,6 +34,11 @@ MODES = ("auto", "dummy", "loopback")
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _VIP_SEP = re.compile(r"[;\s]+")
+#: a launch-params line is a few KiB (a JWT token is the largest value); far above
+#: that is not a payload
+MAX_PAYLOAD_BYTES = 1 << 20
+#: what looks like a VIP item (a pair without '=' after LVS_VIRTUAL_IP)
+_VIP_LIKE = re.compile(r"^[0-9A-Fa-f:.]+([|/][0-9A-Fa-f:.]*)?$")
 
 
 def is_unset(value: object) -> bool:
@@ -44,14 +49,26 @@ def is_unset(value: object) -> bool:
 def parse_launch_params(text: str, source: Optional[str] = None) -> Dict[str, str]:
     """``{KEY: value}`` from a launch-params line; unset values are left out.
 
-    Only the first line counts (the format is one line); a repeated key keeps its
-    last value, as the Stratos agent did.
+    Only the first line counts (the format is one line, ended by ``\n``: other
+    line-breaking characters are part of the line and fail validation where they
+    matter); a repeated key keeps its last value, as the Stratos agent did.  A pair
+    without ``=`` is skipped -- but one that looks like an address right after
+    ``LVS_VIRTUAL_IP`` is an error: VIPs are separated by ``;``, a ``,`` ends the value.
     """
-    line = text.splitlines()[0] if text else ""
+    if len(text) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("payload", f"{len(text)} characters", "larger than "
+                           f"{MAX_PAYLOAD_BYTES} bytes: not a launch-params line", source)
+    line = text.split("\n", 1)[0].rstrip("\r")
     values: Dict[str, str] = {}
+    last = None
     for pair in line.split(","):
         key, sep, value = pair.partition("=")
         key, value = key.strip(), value.strip()
+        if not sep and last == KEY_VIP and _VIP_LIKE.match(key):
+            raise PayloadError(KEY_VIP, f"{values.get(KEY_VIP, '')},{key}", "separate VIPs "
+                               "with ';': a ',' ends the value (payload pairs are "
+                               "comma-separated)", source, 1)
+        last = key if sep else None
         if not sep or not key:
             continue
         if not _KEY_RE.match(key):
@@ -67,7 +84,7 @@ def read_payload(path: str) -> Dict[str, str]:
     """:func:`parse_launch_params` of a file; PayloadError naming it if unreadable."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            text = f.read(MAX_PAYLOAD_BYTES + 1)
     except OSError as exc:
         raise PayloadError("payload", path, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -102,12 +119,13 @@ def _text(values: Mapping[str, object], key: str, source: Optional[str]) -> Opti
 def parse_vips(text: str, key: str = KEY_VIP,
                source: Optional[str] = None) -> Tuple[VirtualIP, ...]:
     """Every VIP of an ``LVS_VIRTUAL_IP`` value, validated all before any is used."""
-    vips = []
+    vips, seen = [], set()
     for item in _VIP_SEP.split(text.strip()):
         if item:
             vip = parse_vip(item, key, error=PayloadError, source=source)
-            if any(v.address == vip.address for v in vips):
+            if vip.address in seen:
                 raise PayloadError(key, item, "VIP given twice", source)
+            seen.add(vip.address)
             vips.append(vip)
     if not vips:
         raise PayloadError(key, text, "no virtual IP", source)

@@ -28,6 +28,7 @@ the host is as before.  A second apply of the same request changes nothing.
 from __future__ import annotations
 
 import logging
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
@@ -67,13 +68,17 @@ class _Journal:
     def add(self, what: str, undo: Callable[[], object]) -> None:
         self._undo.append((what, undo))
 
-    def rollback(self) -> None:
+    def rollback(self) -> bool:
+        """Undo everything; False when some step could not be undone."""
+        ok = True
         for what, undo in reversed(self._undo):
             try:
                 undo()
             except Exception as exc:   # keep undoing the rest
                 log.error("rollback: could not undo %s: %s", what, exc)
+                ok = False
         self._undo.clear()
+        return ok
 
 
 class VipBinder:
@@ -83,19 +88,27 @@ class VipBinder:
     # -- apply ----------------------------------------------------------------------
 
     def apply(self, request: LvsRequest) -> Report:
-        state = self.store.load()
-        if state and state.interface not in (request.interface, "lo"):
-            raise HostError(f"this host is already set up on {state.interface}; remove "
+        original = self.store.load()
+        if original and original.interface not in (request.interface, "lo"):
+            raise HostError(f"this host is already set up on {original.interface}; remove "
                             f"that first (cartridge-agent-lvs remove)")
         journal = _Journal()
         try:
-            return self._apply(request, state, journal)
+            return self._apply(request, copy.deepcopy(original), journal)
         except BaseException:
-            journal.rollback()
+            if journal.rollback():      # the host is as before: so is the record
+                self._restore_record(original)
             raise
+
+    def _restore_record(self, original: Optional[State]) -> None:
+        if original is None:
+            self.store.delete()
+        else:
+            self.store.save(original)
 
     def _apply(self, request: LvsRequest, state: Optional[State],
                journal: _Journal) -> Report:
+        """Every change is recorded (write-ahead) before it is made."""
         bound = self.host.addresses()
         ifname, mode = self._choose(request, state)
         stock = self._stock_bindings({v.address: v.host_prefixlen for v in request.vips},
@@ -108,16 +121,21 @@ class VipBinder:
         if index is not None and mode == "dummy":
             self._check_kind(ifname, index)
         if index is None:
-            index, mode, ifname = self._create(request, journal, report)
+            index, mode, ifname = self._create(request, state, journal, report)
             report.interface, report.mode = ifname, mode
             self._check_conflicts(request.vips, bound, ifname, "fixed")
-            state.interface, state.mode = ifname, mode
-            state.created_link = state.created_link or mode == "dummy"
         if not self.host.is_up(index):
+            if not state.created_link:
+                state.brought_up = True
+                self.store.save(state)
             self.host.set_up(index)
             report.actions.append(f"brought {ifname} up")
         here = {(a.address, a.prefixlen) for a in bound if a.index == index}
         todo = [v for v in request.vips if (v.address, v.host_prefixlen) not in here]
+        if todo:
+            state.addresses += [f"{v.address}/{v.host_prefixlen}" for v in todo
+                                if f"{v.address}/{v.host_prefixlen}" not in state.addresses]
+            self.store.save(state)
         added = todo          # unless the kernel says which, any of them may be there
         try:
             self.host.add_addresses(index, todo)
@@ -129,15 +147,28 @@ class VipBinder:
                 journal.add("addresses", lambda: self.host.delete_addresses(
                     index, [(v.address, v.host_prefixlen) for v in added]))
         for vip in todo:
-            state.addresses.append(f"{vip.address}/{vip.host_prefixlen}")
             report.actions.append(f"bound {vip.address}/{vip.host_prefixlen} on {ifname}"
                                   + (f" (payload mask /{vip.prefixlen}: no subnet route)"
                                      if vip.prefixlen != vip.host_prefixlen else ""))
         self._take_off(stock, state, journal, report)
         self._set_sysctls(ifname, state, journal, report)
+        self._converge(request, index, state, report)
         if report.changed:
             self.store.save(state)
         return report
+
+    def _converge(self, request: LvsRequest, index: int, state: State,
+                  report: Report) -> None:
+        """Unbind what an earlier payload bound and this one no longer asks for."""
+        wanted = {f"{v.address}/{v.host_prefixlen}" for v in request.vips}
+        stale = [e for e in state.addresses if e not in wanted]
+        if not stale:
+            return
+        entries = [(a, int(p)) for a, _, p in (e.partition("/") for e in stale)]
+        self.host.delete_addresses(index, entries)
+        state.addresses = [e for e in state.addresses if e in wanted]
+        report.actions += [f"removed {e} from {state.interface} (no longer in the payload)"
+                           for e in stale]
 
     def _choose(self, request: LvsRequest, state: Optional[State]) -> Tuple[str, str]:
         if request.mode == "loopback" or (state and state.mode == "loopback"
@@ -145,12 +176,15 @@ class VipBinder:
             return "lo", "loopback"
         return request.interface, "dummy"
 
-    def _create(self, request: LvsRequest, journal: _Journal,
+    def _create(self, request: LvsRequest, state: State, journal: _Journal,
                 report: Report) -> Tuple[int, str, str]:
         """Create the dummy link, or fall back to lo (auto mode) without the driver."""
+        state.interface, state.mode, state.created_link = request.interface, "dummy", True
+        self.store.save(state)
         try:
             index = self.host.create_dummy(request.interface)
         except NoDummyDriver:
+            state.interface, state.mode, state.created_link = "lo", "loopback", False
             if request.mode == "dummy":
                 raise HostError(f"LVS_MODE=dummy but the kernel of {self.host.where} has "
                                 "no dummy link driver") from None
@@ -190,12 +224,14 @@ class VipBinder:
 
     def _take_off(self, stock: list, state: State, journal: _Journal,
                   report: Report) -> None:
+        if stock:
+            state.adopted += [f"{a.address}/{a.prefixlen} {a.ifname}" for a in stock]
+            self.store.save(state)
         for a in stock:
             self.host.delete_addresses(a.index, [(a.address, a.prefixlen)])
             journal.add(f"{a.address}/{a.prefixlen} on {a.ifname}",
                         lambda a=a: self.host.add_subnet_addresses(
                             a.index, [(a.address, a.prefixlen)]))
-            state.adopted.append(f"{a.address}/{a.prefixlen} {a.ifname}")
             report.actions.append(f"took {a.address}/{a.prefixlen} off {a.ifname} (bound "
                                   "there by the stock bash extension, with a subnet route)")
 
@@ -215,17 +251,21 @@ class VipBinder:
                      report: Report) -> None:
         wanted = arp_keys(ifname)
         current = self.sysctl.read_many(wanted)
-        changes = {k: v for k, v in wanted.items() if current[k] != v}
         missing = [k for k, v in current.items() if v is None]
         if missing:
             raise HostError(f"kernel parameter {missing[0].replace('/', '.')} does not exist")
+        # raise to the value LVS needs, never lower a stricter one (e.g. arp_ignore=8)
+        changes = {k: v for k, v in wanted.items() if not current[k].isdigit()
+                   or int(current[k]) < int(v)}
         if not changes:
             return
         previous = {k: current[k] for k in changes}
+        for k in changes:
+            state.sysctls.setdefault(k, previous[k])
+        self.store.save(state)
         journal.add("sysctls", lambda: self.sysctl.write_many(previous))
         self.sysctl.write_many(changes)
         for k in changes:
-            state.sysctls.setdefault(k, previous[k])
             report.actions.append(f"set {k.replace('/', '.')}={changes[k]} "
                                   f"(was {previous[k]})")
 
@@ -258,12 +298,20 @@ class VipBinder:
             failures.append(str(exc))
         if state.created_link and index is not None:
             try:
+                self._check_kind(state.interface, index)   # never delete another link
                 self.host.delete_link(index)
                 report.actions.append(f"deleted dummy link {state.interface}")
                 index = None
             except HostError as exc:
                 failures.append(str(exc))
                 remaining.created_link = True
+        if state.brought_up and index is not None:
+            try:
+                self.host.set_down(index)
+                report.actions.append(f"set {state.interface} down (it was down before)")
+            except HostError as exc:
+                failures.append(str(exc))
+                remaining.brought_up = True
         restore = {k: v for k, v in state.sysctls.items()
                    if index is not None or "/all/" in k or f"/{state.interface}/" not in k}
         try:

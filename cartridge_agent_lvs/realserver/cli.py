@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -91,9 +92,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: a name `ip netns add` accepts: no '/', not '.' or '..' (never a path such as
+#: /proc/PID/ns/net)
+_NETNS_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 def _context(args) -> Context:
-    if args.netns and not os.path.exists(os.path.join(NETNS_DIR, args.netns)):
-        raise InputError("--netns", args.netns, "no such network namespace")
+    if args.netns is not None:
+        if not _NETNS_RE.match(args.netns) or args.netns in (".", ".."):
+            raise InputError("--netns", args.netns, "not a network namespace name (as "
+                             "`ip netns` names them: letters, digits, '_', '.', '-')")
+        if not os.path.exists(os.path.join(NETNS_DIR, args.netns)):
+            raise InputError("--netns", args.netns, "no such network namespace")
     return Context(args.netns, args.state_dir)
 
 

@@ -132,6 +132,10 @@ class NetlinkHost:
     def set_up(self, index: int) -> None:
         self._call("bringing a link up", self._conn().link, "set", index=index, state="up")
 
+    def set_down(self, index: int) -> None:
+        self._call("setting a link down", self._conn().link, "set", index=index,
+                   state="down")
+
     def delete_link(self, index: int) -> None:
         self._call("deleting a link", self._conn().link, "del", index=index)
 

@@ -22,24 +22,26 @@ from .sysctl import Sysctl
 log = logging.getLogger(__name__)
 
 
-def _binder(context, host: NetlinkHost) -> VipBinder:
-    return VipBinder(host, Sysctl(context.netns), StateStore(context.netns, context.state_dir))
+def _binder(context, host: NetlinkHost, store: StateStore) -> VipBinder:
+    return VipBinder(host, Sysctl(context.netns), store)
 
 
 def setup(values, context) -> Report:
     request = lvs_request(values)          # validates everything before any change
     if request is None:
         return Report(notes=["LVS_VIRTUAL_IP not set: nothing to do"])
-    with NetlinkHost(context.netns) as host:
-        report = _binder(context, host).apply(request)
+    store = StateStore(context.netns, context.state_dir)
+    with store.lock(), NetlinkHost(context.netns) as host:
+        report = _binder(context, host, store).apply(request)
     for line in report.lines():
         log.info("%s", line)
     return report
 
 
 def cleanup(values, context) -> Report:
-    with NetlinkHost(context.netns) as host:
-        report = _binder(context, host).remove()
+    store = StateStore(context.netns, context.state_dir)
+    with store.lock(), NetlinkHost(context.netns) as host:
+        report = _binder(context, host, store).remove()
     for line in report.lines():
         log.info("%s", line)
     return report
