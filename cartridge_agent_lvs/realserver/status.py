@@ -40,6 +40,11 @@ def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
         problems.append(f"interface {ifname} does not exist")
     elif not host.is_up(index):
         problems.append(f"interface {ifname} is down")
+    kind = (host.link_kind(index) if index is not None else None) or \
+        ("loopback" if ifname == "lo" else None)
+    if index is not None and kind not in ("dummy", "loopback"):
+        problems.append(f"interface {ifname} is a {kind or 'physical'} link: a VIP there "
+                        "answers ARP")
     if not vips:
         problems.append("no VIP bound")
     if (effective["arp_ignore"] or 0) < 1:
@@ -51,8 +56,7 @@ def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
         "interface": ifname,
         "exists": index is not None,
         "up": index is not None and host.is_up(index),
-        "kind": (host.link_kind(index) if index is not None else None)
-        or ("loopback" if ifname == "lo" else None),
+        "kind": kind,
         "vips": sorted(vips),
         "sysctls": {k.replace("/", "."): v for k, v in sorted(values.items())},
         "effective": effective,

@@ -203,3 +203,20 @@ def test_duplicate_check_is_linear():
     start = time.monotonic()
     assert len(lvs_request({"LVS_VIRTUAL_IP": text}).vips) == 50_000
     assert time.monotonic() - start < 20
+
+
+def test_status_judges_the_real_link_kind(netns, state_dir, capsys):
+    """A VIP on a veth (bound by hand) with the ARP sysctls set is still not ready."""
+    for cmd in (["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"],
+                ["link", "set", "eth0", "up"], ["addr", "add", "192.168.56.40/32", "dev", "eth0"]):
+        subprocess.run(["ip", "-n", netns, *cmd], check=True)
+    for key, value in (("arp_ignore", 1), ("arp_announce", 2)):
+        subprocess.run(["ip", "netns", "exec", netns, "sh", "-c",
+                        f"echo {value} > /proc/sys/net/ipv4/conf/all/{key}"], check=True)
+    state = StateStore(netns, state_dir)
+    _plant(state_dir, netns, interface="eth0", mode="dummy")
+    assert main(["status", "--json", "--netns", netns, "--state-dir", state_dir]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["kind"] == "veth" and not status["ready"]
+    assert any("veth link: a VIP there answers ARP" in p for p in status["problems"])
+    assert state.load().interface == "eth0"
