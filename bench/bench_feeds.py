@@ -43,20 +43,23 @@ from tests.director.conftest_broker import Broker  # noqa: E402
 
 
 class TimedKeepalived:
-    """Wraps the real Keepalived: records when each apply returned (file in place,
-    reload signalled)."""
+    """Wraps the real Keepalived: records when each reload returned (the file is in
+    place by then: the service writes, then reloads)."""
 
     def __init__(self, inner) -> None:
         self.inner = inner
         self.applied = []          # (time.monotonic(), reloaded)
         self.cond = threading.Condition()
 
-    def apply(self, text):
-        result = self.inner.apply(text)
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def reload(self):
+        reloaded = self.inner.reload()
         with self.cond:
-            self.applied.append((time.monotonic(), result.reloaded))
+            self.applied.append((time.monotonic(), reloaded))
             self.cond.notify_all()
-        return result
+        return reloaded
 
     def reloads(self) -> int:
         with self.cond:

@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 from ..clikit import verb_parser
 from ..errors import InputError, LvsError, TopologyError
 from . import settings as settings_mod
+from .feeds import redact_urls
+from .files import open_regular
 from .keepalived import Keepalived, ValidationError
 
 PROG = "lvs-extension"
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 def read_topology(path: str):
     from .topology import parse_topology
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
     except OSError as exc:
         raise TopologyError(f"{path}: cannot read: {exc.strerror}") from None
@@ -102,9 +104,16 @@ def _run(args, settings) -> int:
 
 
 def _settings(args, settings) -> int:
+    """Config-file lines; a secret is commented out and masked (a copy of the output
+    must not set a wrong password either)."""
     for option in settings_mod.OPTIONS:
         value = getattr(settings, option.name)
-        print(f"{option.name} = {_config_value(option.name, value)}")
+        line = f"{option.name} = {_config_value(option.name, value)}"
+        if option.secret and value is not None:
+            line = f"# {option.name} = *** (not shown)"
+        elif redact_urls(line) != line:
+            line = f"# {redact_urls(line)} (credentials not shown)"
+        print(line)
     return 0
 
 

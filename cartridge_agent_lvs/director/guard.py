@@ -11,6 +11,11 @@ the first one (the service re-checks at :meth:`MassRemovalGuard.deadline`, so a
 persistent state counts as seen again), or at once when ``allow`` is set.  A
 candidate that is no longer drastic cancels the hold and passes.
 
+The first baseline can be given (``baseline=`` or :meth:`MassRemovalGuard.seed`):
+after a restart, the service passes what the live keepalived.conf serves, so an
+empty topology waiting on the broker is held like any other mass removal instead of
+being applied as the "first" configuration.
+
 Pure: no I/O, time passed in by the caller.
 """
 
@@ -44,13 +49,20 @@ class GuardDecision:
 class MassRemovalGuard:
     """Hold back updates that remove more than *threshold* of all real servers."""
 
-    def __init__(self, threshold: float, hold: float, allow: bool = False) -> None:
+    def __init__(self, threshold: float, hold: float, allow: bool = False,
+                 baseline: Optional[LvsConfig] = None) -> None:
         if not 0 <= threshold <= 1:
             raise ValueError("threshold must be a share between 0 and 1")
         self.threshold, self.hold, self.allow = threshold, hold, allow
         self._baseline: Optional[LvsConfig] = None
         self._baseline_slots: FrozenSet[Slot] = frozenset()
         self._held_since: Optional[float] = None
+        if baseline is not None:
+            self.seed(baseline)
+
+    def seed(self, baseline: LvsConfig) -> None:
+        """Compare the next candidate with *baseline* (what is being served now)."""
+        self._baseline, self._baseline_slots = baseline, real_server_slots(baseline)
 
     @property
     def holding(self) -> bool:

@@ -13,9 +13,18 @@
    keepalived's own lines;
 5. rename over the live file (atomic: a reader sees the old or the new file, never a
    mix), fsync the directory;
-6. reload: the configured command, or SIGHUP to the pid in the pid file.  Never a
-   restart -- a restart drops VRRP mastership and flushes IPVS.  No running keepalived
-   (no pid file / no process) is not an error: it reads the file when it starts.
+6. reload: the configured command, or SIGHUP to the pid in the pid file -- only once
+   ``/proc`` shows that pid is keepalived (``exe`` or ``comm``) running this very file
+   (``-f``/``--use-file``, else keepalived's default); anything else (a reused or
+   planted pid) is a :class:`HostError` and gets no signal.  Never a restart -- a
+   restart drops VRRP mastership and flushes IPVS.  No running keepalived (no pid
+   file / no process) is not an error: it reads the file when it starts.
+
+:meth:`Keepalived.write` and :meth:`Keepalived.reload` are also offered separately, so
+that a caller can retry a failed reload of a file already in place (the service
+does, with backoff).  Temporary files are named ``.keepalived-PID-XXXXXXXX.conf.tmp``
+after their writer; :meth:`Keepalived.remove_stale_temps` removes those a killed
+writer left behind.
 """
 
 from __future__ import annotations
@@ -24,16 +33,30 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import signal
+import stat
 import subprocess
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import HostError, LvsError
+from .files import open_regular
 
 log = logging.getLogger(__name__)
+
+#: the file keepalived reads when started without ``-f``
+DEFAULT_CONF = "/etc/keepalived/keepalived.conf"
+#: what a keepalived process is called (``/proc/PID/exe`` basename or ``comm``)
+PROCESS_NAME = "keepalived"
+
+_TEMP_PREFIX, _TEMP_SUFFIX = ".keepalived-", ".conf.tmp"
+#: our temporary files: ``.keepalived-PID-RANDOM.conf.tmp`` (``PID-`` absent in the
+#: names of older versions)
+_TEMP_RE = re.compile(r"^\.keepalived-(?:([0-9]+)-)?[A-Za-z0-9_]+\.conf\.tmp$")
 
 
 class ValidationError(LvsError):
@@ -93,14 +116,26 @@ class Keepalived:
     def apply(self, text: str) -> ApplyResult:
         """Validate, write and reload only when *text* differs from the live file."""
         with self.lock():
-            if self._current() == text:
-                return ApplyResult(changed=False, reloaded=False)
-            with self._temp(text) as path:
-                self.check_file(path)
-                os.replace(path, self.conf_path)
-            _fsync_dir(os.path.dirname(self.conf_path))
-            log.debug("wrote %s", self.conf_path)
-            return ApplyResult(changed=True, reloaded=self.reload())
+            changed = self._write(text)
+            return ApplyResult(changed=changed, reloaded=self.reload() if changed else False)
+
+    def write(self, text: str) -> bool:
+        """Validate and write *text* unless the live file holds it; True when written.
+
+        Does not reload: the caller calls :meth:`reload` (and retries it on failure).
+        """
+        with self.lock():
+            return self._write(text)
+
+    def _write(self, text: str) -> bool:
+        if self.current() == text:
+            return False
+        with self._temp(text) as path:
+            self.check_file(path)
+            os.replace(path, self.conf_path)
+        _fsync_dir(os.path.dirname(self.conf_path))
+        log.debug("wrote %s", self.conf_path)
+        return True
 
     def reload(self) -> bool:
         """Ask keepalived to re-read its file; False when none is running."""
@@ -121,7 +156,7 @@ class Keepalived:
         if pid is None:
             return False
         try:
-            os.kill(pid, signal.SIGHUP)
+            _signal_checked(pid, signal.SIGHUP, lambda: self._check_process(pid))
         except ProcessLookupError:
             log.info("keepalived (pid %d from %s) is not running; it reads the new file "
                      "when it starts", pid, self.pidfile)
@@ -130,12 +165,52 @@ class Keepalived:
             raise HostError(f"not allowed to signal keepalived pid {pid}") from None
         return True
 
+    def _check_process(self, pid: int) -> None:
+        """HostError unless *pid* is keepalived reading :attr:`conf_path`.
+
+        ``ProcessLookupError`` when the process is gone.
+        """
+        proc = f"/proc/{pid}"
+        names = []
+        try:
+            names.append(os.readlink(f"{proc}/exe").removesuffix(" (deleted)"))
+        except OSError:
+            pass                # another user's process, a kernel thread, or gone
+        try:
+            names.append(_read_proc(f"{proc}/comm").rstrip("\n"))
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        except OSError:
+            pass
+        base = [os.path.basename(n) for n in names]
+        if PROCESS_NAME not in base:
+            what = base[-1] if base else "unknown"
+            raise HostError(f"pid {pid} in {self.pidfile} is not keepalived (it is "
+                            f"{what!r}); not signalling it")
+        try:
+            argv = _read_proc(f"{proc}/cmdline").split("\0")
+        except FileNotFoundError:
+            raise ProcessLookupError(pid) from None
+        except OSError:
+            return              # cannot be read: the name has to do
+        argv = argv[:-1] if argv and argv[-1] == "" else argv
+        if not argv:
+            return
+        try:
+            cwd = os.readlink(f"{proc}/cwd")
+        except OSError:
+            cwd = "/"
+        running = config_file_of(argv, cwd)
+        if os.path.realpath(running) != os.path.realpath(self.conf_path):
+            raise HostError(f"pid {pid} in {self.pidfile} is keepalived but runs {running}, "
+                            f"not {self.conf_path}; not signalling it")
+
     def _pid(self) -> Optional[int]:
         if not self.pidfile:
             return None
         try:
-            with open(self.pidfile, encoding="ascii", errors="replace") as f:
-                text = f.read().strip()
+            with open_regular(self.pidfile) as f:
+                text = f.read(64).decode("ascii", "replace").strip()
         except FileNotFoundError:
             log.info("no keepalived pid file %s; keepalived reads the new file when it "
                      "starts", self.pidfile)
@@ -150,27 +225,81 @@ class Keepalived:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock on ``<conf>.lock``, held for the whole apply."""
-        fd = os.open(self.conf_path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        """Exclusive lock on ``<conf>.lock``, held for the whole apply.
+
+        The lock file is never followed through a symbolic link (that would create or
+        truncate the link's target as root): a link there is a :class:`HostError`.
+        """
+        path = self.conf_path + ".lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HostError(f"lock file {path} is a symbolic link; refusing to follow "
+                                "it (remove it)") from None
+            raise HostError(f"cannot open lock file {path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)   # closing releases the lock
 
-    def _current(self) -> Optional[str]:
+    def current(self) -> Optional[str]:
+        """The live file's text, or None when there is none."""
         try:
-            with open(self.conf_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
+            with open_regular(self.conf_path) as f:
+                return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise HostError(f"cannot read {self.conf_path}: {exc.strerror}") from None
+
+    def remove_stale_temps(self) -> List[str]:
+        """Remove the temporary files killed writers left beside the live file.
+
+        Only regular files of this user named like ours (``.keepalived-*.conf.tmp``),
+        and only when their writer (the pid in the name) is gone, or when they are
+        older than any write can take (the ``keepalived -t`` timeout plus a minute).
+        Runs under the lock, so no apply of this path is in flight.  Returns the names
+        removed.
+        """
+        directory = os.path.dirname(self.conf_path)
+        removed = []
+        with self.lock():
+            try:
+                names = os.listdir(directory)
+            except OSError as exc:
+                raise HostError(f"cannot list {directory}: {exc.strerror}") from None
+            oldest = time.time() - (self.timeout + 60)
+            for name in sorted(names):
+                match = _TEMP_RE.match(name)
+                path = os.path.join(directory, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if (not match or not stat.S_ISREG(st.st_mode)
+                        or st.st_uid != os.geteuid()):
+                    continue
+                pid = int(match.group(1)) if match.group(1) else None
+                writer_gone = pid is not None and pid != os.getpid() and not _alive(pid)
+                if writer_gone or st.st_mtime < oldest:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        continue
+                    removed.append(name)
+        if removed:
+            log.info("removed %d stale temporary file(s) in %s: %s", len(removed),
+                     directory, ", ".join(removed))
+        return removed
 
     @contextmanager
     def _temp(self, text: str) -> Iterator[str]:
         directory = os.path.dirname(self.conf_path)
         try:
-            fd, path = tempfile.mkstemp(prefix=".keepalived-", suffix=".conf.tmp",
-                                        dir=directory)
+            fd, path = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-",
+                                        suffix=_TEMP_SUFFIX, dir=directory)
         except OSError as exc:
             raise HostError(f"cannot write in {directory}: {exc.strerror}") from None
         try:
@@ -185,6 +314,75 @@ class Keepalived:
                 os.unlink(path)
             except FileNotFoundError:
                 pass   # renamed into place
+
+
+def config_file_of(argv: Sequence[str], cwd: str = "/") -> str:
+    """The config file a keepalived command line reads (absolute; pure).
+
+    ``-f FILE``, ``-fFILE``, ``-lDf FILE``, ``--use-file FILE``, ``--use-file=FILE``;
+    :data:`DEFAULT_CONF` without one.  A relative name is taken from *cwd*.
+    """
+    found = DEFAULT_CONF
+    words = list(argv[1:])
+    i = 0
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            break
+        value = None
+        if word == "--use-file":
+            value = words[i] if i < len(words) else None
+            i += 1
+        elif word.startswith("--use-file="):
+            value = word.partition("=")[2]
+        elif word.startswith("-") and not word.startswith("--") and "f" in word[1:]:
+            rest = word[word.index("f", 1) + 1:]
+            if rest:
+                value = rest
+            else:
+                value = words[i] if i < len(words) else None
+                i += 1
+        if value:
+            found = value
+    return os.path.normpath(os.path.join(cwd, found))
+
+
+def _read_proc(path: str) -> str:
+    with open(path, "rb") as f:
+        return f.read(1 << 20).decode("utf-8", "replace")
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}")
+
+
+def _signal_checked(pid: int, signum: int, check) -> None:
+    """Send *signum* to *pid* once *check()* passed, without a pid-reuse race.
+
+    With a pidfd (Linux 5.3+) the process is pinned before it is checked: if the pid
+    was reused in between, the signal goes nowhere (``ProcessLookupError``) rather
+    than to the newcomer.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    send = getattr(signal, "pidfd_send_signal", None)
+    fd = None
+    if pidfd_open and send:
+        try:
+            fd = pidfd_open(pid)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise ProcessLookupError(pid) from None
+            fd = None                         # ENOSYS and the like: plain kill below
+    try:
+        check()
+        if fd is not None:
+            send(fd, signum)
+        else:
+            os.kill(pid, signum)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -9,7 +9,8 @@ warning naming it; it cannot hide the others, and nothing it carries can reach
 Rules (see the keepalived notes in the README):
 
 * only mapped services, only ``Active`` members, all clusters of a service;
-* the member address follows ``loadBalancingIPType`` and must be of the VIP's family;
+* the member address follows ``loadBalancingIPType``, must be of the VIP's family and
+  must not be the VIP itself (IPVS would forward to itself; warned, skipped);
 * one virtual server per proxy port of the service ``portMap`` (or, without one, of its
   members'); with DR and TUN the real server is rendered on the *proxy* port (the
   packet reaches it unchanged) and a member whose port differs is warned about; NAT
@@ -87,8 +88,9 @@ class _Planner:
         #: member id -> ["80 -> 8080", ...]: ports DR/TUN cannot map
         self.unmapped: Dict[str, List[str]] = {}
 
-    def member_address(self, member: Member, version: int) -> Optional[str]:
-        """The member's validated address, or None (warned)."""
+    def member_address(self, member: Member, vip: str) -> Optional[str]:
+        """The member's validated address for *vip*, or None (warned)."""
+        version = ipaddress.ip_address(vip).version
         where = f"member {_q(member.member_id)} of cluster {_q(member.cluster_id)}"
         try:
             check_safe_name(member.member_id, "memberId")
@@ -110,6 +112,10 @@ class _Planner:
         if ip.version != version:
             self.warnings.append(f"skipped {where}: IPv{ip.version} address {ip} cannot "
                                  f"serve an IPv{version} VIP")
+            return None
+        if ip.compressed == vip:
+            self.warnings.append(f"skipped {where}: its {member.lb_ip_type} IP {ip} is the "
+                                 "VIP itself")
             return None
         return ip.compressed
 
@@ -147,10 +153,9 @@ class _Planner:
                                 f"{vip}:{port}/{protocol}")
 
     def virtual_servers(self, name: str, vip: str, service: Service) -> List[VirtualServer]:
-        version = ipaddress.ip_address(vip).version
         members = service.members()
         active = [m for m in members if m.active]
-        addresses = {m.member_id: self.member_address(m, version) for m in active}
+        addresses = {m.member_id: self.member_address(m, vip) for m in active}
         result = []
         ports = _proxy_ports(service, members, self.warnings, self.settings.protocol)
         if not ports:

@@ -15,6 +15,12 @@ Rules the loop keeps:
   -- the last good topology stays;
 * losing the feed changes nothing: the last applied configuration stays untouched;
 * planner warnings are logged when they first appear, not on every render;
+* at start, stale temporary files of a killed writer are removed and the
+  mass-removal guard takes the live keepalived.conf (what keepalived serves) as its
+  baseline, so an empty topology kept on the broker is held, not applied;
+* "written" and "reloaded" are tracked apart: a reload that fails after the file was
+  written is retried with capped exponential backoff (and at once on SIGHUP) until
+  it succeeds -- the file in place must not hide it;
 * SIGHUP re-requests the complete topology (re-reads the file) and forces a
   re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0.
 """
@@ -32,11 +38,12 @@ from typing import Callable, Dict, Optional, Set
 from ..errors import HostError, LvsError, SettingsError, TopologyError
 from .coalesce import Coalescer
 from .drain import Drain
-from .feeds import Feed, FeedUpdate
+from .feeds import Backoff, Feed, FeedUpdate
 from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
 from .plan import plan
-from .render import render
+from .render import RenderedFileError, parse_rendered, render
+from .settings import read_secret
 from .topology import Topology, apply_event, parse_topology
 
 log = logging.getLogger(__name__)
@@ -86,14 +93,10 @@ class ProblemLog:
         self._seen.pop(category, None)
 
 
-def _secret(path: Optional[str], env: str) -> Optional[str]:
-    """A password/token from a file (first line) or else the environment."""
+def _secret(path: Optional[str], key: str, env: str) -> Optional[str]:
+    """A password/token from the file setting *key* (first line) or else *env*."""
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.readline().rstrip("\r\n")
-        except OSError as exc:
-            raise SettingsError(env.lower(), path, f"cannot read: {exc.strerror}") from None
+        return read_secret(path, key)
     return os.environ.get(env) or None
 
 
@@ -111,7 +114,8 @@ def build_feed(settings) -> Feed:
     if settings.mqtt:
         from .feeds.mqtt import MqttFeed
         return MqttFeed(settings.mqtt, username=settings.mqtt_username or None,
-                        password=_secret(settings.mqtt_password_file, "LVS_MQTT_PASSWORD"),
+                        password=_secret(settings.mqtt_password_file, "mqtt_password_file",
+                                         "LVS_MQTT_PASSWORD"),
                         ca_file=settings.mqtt_ca_file or None,
                         client_id=settings.mqtt_client_id or None)
     from .feeds.http import HttpFeed
@@ -119,8 +123,10 @@ def build_feed(settings) -> Feed:
     if not isinstance(timeout, (tuple, list)):
         timeout = (min(float(timeout), 3.0), float(timeout))
     return HttpFeed(settings.http_url, interval=settings.http_interval,
-                    token=_secret(settings.http_token_file, "LVS_HTTP_TOKEN"),
-                    ca_file=settings.http_ca_file or None, timeout=tuple(timeout))
+                    token=_secret(settings.http_token_file, "http_token_file",
+                                  "LVS_HTTP_TOKEN"),
+                    ca_file=settings.http_ca_file or None, timeout=tuple(timeout),
+                    deadline=max(timeout))
 
 
 def keepalived_for(settings) -> Keepalived:
@@ -132,12 +138,17 @@ def keepalived_for(settings) -> Keepalived:
 class Director:
     """The loop's state and pipeline; single-threaded, clock passed in.
 
-    ``handle(update, now)`` folds one feed update into the topology;
+    ``prepare()`` (once, at start) cleans up and takes the guard's baseline from the
+    live file; ``handle(update, now)`` folds one feed update into the topology;
     ``tick(now)`` converges when the coalescer, a drain or a held mass removal is
-    due; ``deadline()`` says when ``tick`` next has work.
+    due, or retries a failed reload; ``deadline()`` says when ``tick`` next has work.
+
+    :param reload_backoff: delays between reload retries (default 1 s doubling to
+        60 s, with jitter).
     """
 
-    def __init__(self, settings, keepalived: Keepalived) -> None:
+    def __init__(self, settings, keepalived: Keepalived,
+                 reload_backoff: Optional[Backoff] = None) -> None:
         self.settings = settings
         self.keepalived = keepalived
         self.topology: Optional[Topology] = None
@@ -148,11 +159,40 @@ class Director:
         self.drain = Drain(settings.drain_seconds)
         self.problems = ProblemLog(log)
         self._warned: frozenset = frozenset()
-        self._applied_text: Optional[str] = None
+        self._applied_text: Optional[str] = None    #: last text written (or in place)
+        self._reload_pending = False                #: written, not yet reloaded
+        self._reload_at: Optional[float] = None     #: when to retry a failed reload
+        self.reload_backoff = reload_backoff or Backoff(initial=1.0, cap=60.0)
         self._force = False
         self.handled = 0       #: feed updates handled (applied or ignored)
         self.renders = 0       #: times the pipeline ran
         self.reloads = 0       #: reloads signalled
+
+    def prepare(self) -> None:
+        """At start: remove stale temporary files, seed the guard from the live file.
+
+        A live file that is absent, unreadable or not ours is logged; the guard then
+        starts without a baseline (its first candidate passes, as on a first start).
+        """
+        conf = self.keepalived.conf_path
+        try:
+            self.keepalived.remove_stale_temps()
+        except (HostError, OSError) as exc:
+            log.warning("cannot clean up stale temporary files: %s", exc)
+        level, why = logging.INFO, "there is none"
+        try:
+            text = self.keepalived.current()
+            if text is not None:
+                config = parse_rendered(text)
+                self.guard.seed(config)
+                log.info("mass-removal guard baseline: %d real servers in %d virtual "
+                         "servers, from the live %s", config.real_server_count(),
+                         len(config.virtual_servers), conf)
+                return
+        except (HostError, RenderedFileError) as exc:
+            level, why = logging.WARNING, str(exc)
+        log.log(level, "live %s: %s; starting without a baseline for the mass-removal "
+                "guard", conf, why)
 
     # -- feed updates ---------------------------------------------------------------
 
@@ -198,25 +238,53 @@ class Director:
         """Re-render and re-apply at the next tick even if nothing changed."""
         self._force = True
 
-    def deadline(self) -> Optional[float]:
+    def _pipeline_deadline(self) -> Optional[float]:
         times = [t for t in (self.coalescer.deadline(), self.drain.deadline(),
                              self.guard.deadline()) if t is not None]
         return min(times) if times else None
 
+    def deadline(self) -> Optional[float]:
+        times = [t for t in (self._pipeline_deadline(), self._reload_at) if t is not None]
+        return min(times) if times else None
+
     def tick(self, now: float) -> bool:
-        """Run the pipeline if due; True when it ran."""
+        """Run the pipeline (or retry a failed reload) if due; True when it ran."""
         if self.topology is None:
             return False
-        deadline = self.deadline()
-        if not self._force and (deadline is None or now < deadline):
-            return False
+        deadline = self._pipeline_deadline()
+        if self._force or (deadline is not None and now >= deadline):
+            try:
+                self._converge(now)
+            except Exception as exc:
+                self.problems.report("converge", f"could not apply the topology: "
+                                     f"{type(exc).__name__}: {exc}", logging.ERROR,
+                                     exc_info=not isinstance(exc, LvsError))
+            return True
+        if self._reload_at is not None and now >= self._reload_at:
+            self._reload(now)
+            return True
+        return False
+
+    def _reload(self, now: float) -> bool:
+        """Reload keepalived for the file in place; on failure schedule a retry."""
         try:
-            self._converge(now)
-        except Exception as exc:
-            self.problems.report("converge", f"could not apply the topology: "
-                                 f"{type(exc).__name__}: {exc}", logging.ERROR,
-                                 exc_info=not isinstance(exc, LvsError))
-        return True
+            reloaded = self.keepalived.reload()
+        except (HostError, OSError) as exc:
+            delay = self.reload_backoff.next()
+            self._reload_at = now + delay
+            self.problems.report("reload", "could not reload keepalived; the new file is "
+                                 f"in place, retrying with backoff: {exc}", logging.ERROR)
+            log.debug("next reload attempt in %.2fs", delay)
+            return False
+        if self._reload_at is not None:
+            log.info("keepalived reloaded after %d failed attempt(s)",
+                     self.reload_backoff.attempts)
+        self._reload_pending, self._reload_at = False, None
+        self.reload_backoff.reset()
+        self.problems.forget("reload")
+        if reloaded:
+            self.reloads += 1
+        return reloaded
 
     def _converge(self, now: float) -> None:
         force, self._force = self._force, False
@@ -240,7 +308,7 @@ class Director:
         if text == self._applied_text and not force:
             return
         try:
-            applied = self.keepalived.apply(text)
+            changed = self.keepalived.write(text)
         except ValidationError as exc:
             self.problems.report("apply", "keepalived rejected the rendered configuration; "
                                  f"keeping the last good file: {exc}", logging.ERROR)
@@ -251,12 +319,17 @@ class Director:
             return
         self.problems.forget("apply")
         self._applied_text = text
-        if applied.reloaded:
-            self.reloads += 1
-        if applied.changed:
+        if changed:                     # a new file: reload now, backoff starts over
+            self._reload_pending = True
+            self._reload_at = None
+            self.reload_backoff.reset()
+        reloaded = False
+        if self._reload_pending and (changed or force):
+            reloaded = self._reload(now)
+        if changed:
             log.info("applied %d virtual servers, %d real servers (%d draining)%s%s",
                      len(config.virtual_servers), config.real_server_count(),
-                     self.drain.draining, ", reloaded" if applied.reloaded else "",
+                     self.drain.draining, ", reloaded" if reloaded else "",
                      ", mass removal held back" if decision.held else "")
 
 
@@ -305,6 +378,7 @@ def run(settings, stop: Optional[threading.Event] = None, *,
     feed = feed or build_feed(settings)
     if director is None:
         director = Director(settings, keepalived or keepalived_for(settings))
+    director.prepare()
     stop = stop or threading.Event()
     updates: "queue.Queue[FeedUpdate]" = queue.Queue()
     with _Signals() as signals:

@@ -19,6 +19,7 @@ and the file:line it came from.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 import shlex
 from dataclasses import dataclass, fields
@@ -26,6 +27,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from ..addresses import check_ifname, check_safe_name, parse_host_ip, parse_port
 from ..errors import SettingsError
+from .files import read_first_line
 
 # -- value parsers ------------------------------------------------------------------
 # Each takes (value, key, source, line); value is a str (file, flag) or already a
@@ -36,6 +38,8 @@ Parser = Callable[[Any, str, Optional[str], Optional[int]], Any]
 # characters that could break out of a keepalived line or block
 _UNSAFE = re.compile(r"[\s{}\"'#!\\]")
 _PATH_RE = re.compile(r"^/[A-Za-z0-9._~%/?=&+:@,;-]*$")
+#: "this network" (RFC 1122): a source-only range, never a service address
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
 
 
 def _fail(value: Any, key: str, source: Optional[str], line: Optional[int], reason: str):
@@ -222,10 +226,25 @@ def vip_map(value, key, source, line) -> Tuple[Tuple[str, str], ...]:
         check_safe_name(name, key, error=SettingsError, source=where)
         if name in result:
             _fail(name, key, source, line, "service named twice")
-        result[name] = parse_host_ip(vip, key, error=SettingsError, source=where).compressed
+        ip = parse_host_ip(vip, key, error=SettingsError, source=where)
+        if ip.version == 4 and ip in _THIS_NETWORK:
+            _fail(vip, key, source, line, "is in 0.0.0.0/8 ('this network'), which cannot "
+                  "be a virtual IP")
+        result[name] = ip.compressed
     if not result:
         _fail(value, key, source, line, "must name at least one SERVICE|VIP pair")
     return tuple(sorted(result.items()))
+
+
+def read_secret(path: str, key: str) -> str:
+    """The first line of a password/token file; ``SettingsError`` naming *key* and the
+    path (never the content) when it cannot be read."""
+    try:
+        return read_first_line(path)
+    except OSError as exc:
+        raise SettingsError(key, path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(key, path, "not UTF-8 text") from None
 
 
 def _at(source: Optional[str], line: Optional[int]) -> Optional[str]:
@@ -245,6 +264,7 @@ class Option:
     help: str
     group: str
     metavar: Optional[str] = None
+    secret: bool = False        #: never printed (``lvs-extension settings`` masks it)
 
     @property
     def flag(self) -> str:
@@ -268,7 +288,11 @@ OPTIONS: Tuple[Option, ...] = (
            _G_VRRP),
     Option("auth_pass", optional(auth_pass), None,
            "VRRP PASS authentication for the IPv4 instance, at most 8 characters "
-           "(weak: sent in clear; keep VRRP on a trusted segment)", _G_VRRP, "PASSWORD"),
+           "(weak: sent in clear; keep VRRP on a trusted segment)", _G_VRRP, "PASSWORD",
+           secret=True),
+    Option("auth_pass_file", optional(text), None,
+           "file holding auth_pass (first line), so that it is not on the command line",
+           _G_VRRP, "FILE"),
     Option("advert_int", integer(1, 255), 1,
            "VRRP advertisement interval, whole seconds (VRRPv2)", _G_VRRP),
     Option("nopreempt", boolean, False,
@@ -332,7 +356,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("http_url", optional(text), None,
            "poll a CompleteTopologyEvent JSON document at this URL", _G_FEED, "URL"),
     Option("http_interval", number(0.01, 86400), 5, "seconds between HTTP polls", _G_FEED),
-    Option("http_timeout", number(0.01, 3600), 10, "HTTP read timeout, seconds", _G_FEED),
+    Option("http_timeout", number(0.01, 3600), 10,
+           "HTTP timeout, seconds: for each network wait and for the whole answer", _G_FEED),
     Option("http_token_file", optional(text), None,
            "file holding a bearer token for the HTTP feed (else $LVS_HTTP_TOKEN)", _G_FEED,
            "FILE"),
@@ -375,6 +400,7 @@ class Settings:
     virtual_router_id: int
     interface: str
     auth_pass: Optional[str]
+    auth_pass_file: Optional[str]
     advert_int: int
     nopreempt: bool
     router_id: str
@@ -479,10 +505,21 @@ def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
         option = BY_NAME[name]
         parsed[name] = option.parse(value, option.flag if flags else name, None, None)
     values.update(parsed)
+    if values["auth_pass_file"]:
+        _auth_pass_from_file(values)
     if values["vip_map"] is None:
         raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
                             "vip_map in the config file", config_path)
     return Settings(**values)
+
+
+def _auth_pass_from_file(values: Dict[str, Any]) -> None:
+    path = values["auth_pass_file"]
+    if values["auth_pass"] is not None:
+        raise SettingsError("auth_pass_file", path, "give auth_pass or auth_pass_file, "
+                            "not both")
+    values["auth_pass"] = BY_NAME["auth_pass"].parse(read_secret(path, "auth_pass_file"),
+                                                     "auth_pass_file", path, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser, exclude: Tuple[str, ...] = ()) -> None:

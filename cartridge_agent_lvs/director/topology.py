@@ -17,6 +17,7 @@ Stratos notes.  A member's status is the last entry of its state stack.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -135,6 +136,48 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+class _LongNumber:
+    """Stands for a JSON integer too long for ``int()`` while it is being located."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _long_number_error(text: str, what: str) -> TopologyError:
+    """Name the field holding the integer that ``json.loads`` could not convert
+    (Python's int-string limit, 4300 digits): parsed again, keeping such numbers as
+    markers, and searched for the first one."""
+    def as_int(digits: str) -> Any:
+        return _LongNumber(len(digits.lstrip("-"))) if len(digits) > 64 else int(digits)
+
+    try:
+        stack = [("", json.loads(text, parse_int=as_int))]
+    except json.JSONDecodeError as exc:      # broken after the number, too
+        return _json_error(exc, what)
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _LongNumber):
+            return TopologyError(f"{what}: {path.lstrip('.') or 'value'}: a number of "
+                                 f"{value.digits} digits (not a port, id or address)")
+        if isinstance(value, dict):
+            items = [(f"{path}.{k}" if _NAME_RE.fullmatch(k) else f"{path}[{k!r}]", v)
+                     for k, v in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        stack.extend(reversed(items))
+    return TopologyError(f"{what}: a number too long to convert")
+
+
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _json_error(exc: json.JSONDecodeError, what: str) -> TopologyError:
+    return TopologyError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno})")
+
+
 def _decode(data: Any, what: str) -> Dict[str, Any]:
     if isinstance(data, (bytes, bytearray)):
         try:
@@ -146,10 +189,11 @@ def _decode(data: Any, what: str) -> Dict[str, Any]:
         try:
             data = json.loads(data)
         except json.JSONDecodeError as exc:
-            raise TopologyError(f"{what}: not valid JSON ({exc.msg} at line {exc.lineno} "
-                                f"column {exc.colno})") from None
+            raise _json_error(exc, what) from None
         except RecursionError:
             raise TopologyError(f"{what}: JSON nested too deeply") from None
+        except ValueError:          # an integer over Python's int-string limit
+            raise _long_number_error(data, what) from None
     return _obj(data, what)
 
 
@@ -233,6 +277,9 @@ def parse_topology(data: Any) -> Topology:
     services = {}
     for key, s in _map(doc, "serviceMap", "topology").items():
         service = _service(s, f"serviceMap[{key!r}]", key)
+        if service.name in services:
+            raise TopologyError(f"serviceMap[{key!r}]: serviceName {service.name!r} is "
+                                "named twice in the serviceMap")
         services[service.name] = service
     return Topology(_frozen(services))
 

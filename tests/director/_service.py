@@ -16,7 +16,9 @@ from . import _stratos as st
 from ._feedutil import wait_for
 
 _FAKE = r"""
-import os, signal, sys, time
+import ctypes, os, signal, sys, time
+# look like keepalived to the pid check: /proc/PID/comm, and '-f CONF' in the cmdline
+ctypes.CDLL(None).prctl(15, b"keepalived", 0, 0, 0)          # PR_SET_NAME
 count_file = sys.argv[1]
 hups = 0
 def on_hup(signum, frame):
@@ -34,12 +36,19 @@ while True:
 
 
 class FakeKeepalived:
-    """A process standing in for keepalived: a pid file, and a count of SIGHUPs."""
+    """A process standing in for keepalived: a pid file, and a count of SIGHUPs.
 
-    def __init__(self, workdir: str) -> None:
+    Its name (``/proc/PID/comm``) is ``keepalived`` and its command line holds
+    ``-f CONF`` (default: ``keepalived.conf`` in *workdir*, where the tests' settings
+    put it), so the director's pid check accepts it.
+    """
+
+    def __init__(self, workdir: str, conf: str = "") -> None:
         self.pidfile = os.path.join(workdir, f"keepalived-{os.getpid()}-{time.time_ns()}.pid")
         self.count_file = self.pidfile + ".hups"
-        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, self.count_file])
+        self.conf = conf or os.path.join(workdir, "keepalived.conf")
+        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, self.count_file,
+                                      "-f", self.conf])
         wait_for(lambda: os.path.exists(self.count_file), 10, "fake keepalived")
         with open(self.pidfile, "w") as f:
             f.write(f"{self.proc.pid}\n")

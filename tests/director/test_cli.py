@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -138,3 +139,82 @@ def test_run_without_a_feed_is_one_line_exit_2(capsys, tmp_path):
     code, _, err = run_main(capsys, "run", "--vip-map", SHOP_MAP,
                             "--keepalived-conf", str(tmp_path / "k.conf"))
     assert code == 2 and "exactly one of --topology-file, --mqtt, --http" in err
+
+
+# -- review (issue 10) ----------------------------------------------------------------
+
+def _cli(*argv, timeout=30):
+    return subprocess.run([sys.executable, "-m", "cartridge_agent_lvs.director.cli", *argv],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_a_fifo_as_topology_is_one_line_not_a_hang(tmp_path):
+    fifo = tmp_path / "topology.json"
+    os.mkfifo(fifo)
+    proc = _cli("render", "--topology", str(fifo), "--vip-map", SHOP_MAP, timeout=20)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert str(fifo) in proc.stderr and "not a regular file (a FIFO)" in proc.stderr
+
+
+@pytest.mark.parametrize("field, where", [
+    ('"proxy": 80', "portMap"), ('"memberId": "svc0.member-1"', "memberId")])
+def test_a_number_too_long_for_python_is_one_line_naming_the_field(capsys, tmp_path, field,
+                                                                   where):
+    text = json.dumps(st.topology({0: [1, 2]}))
+    assert field in text
+    huge = tmp_path / "huge.json"
+    huge.write_text(text.replace(field, field.split(":")[0] + ": " + "9" * 5000, 1))
+    for verb in ("render", "check"):
+        code, out, err = run_main(capsys, verb, "--topology", str(huge),
+                                  "--vip-map", st.vip_map([0]))
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert where in err and "5000 digits" in err and str(huge) in err
+
+
+def test_settings_never_print_the_vrrp_password(capsys, tmp_path):
+    code, out, _ = run_main(capsys, "settings", "--vip-map", SHOP_MAP, "--auth-pass", "s3cret",
+                            "--http-url", "http://user:pa55@stratos/topology")
+    assert code == 0 and "s3cret" not in out and "pa55" not in out
+    assert "# auth_pass = *** (not shown)" in out
+    assert "http://***@stratos/topology" in out
+
+
+def test_auth_pass_file_keeps_the_password_out_of_ps_and_round_trips(capsys, tmp_path):
+    secret = tmp_path / "vrrp.pass"
+    secret.write_text("s3cret\n")
+    code, out, _ = run_main(capsys, "render", "--topology", SAMPLE, "--vip-map", SHOP_MAP,
+                            "--auth-pass-file", str(secret), "--interface", "eth0")
+    with open(os.path.join(HERE, "golden", "shop-dr.conf")) as f:
+        assert (code, out) == (0, f.read())           # same file as with --auth-pass
+    code, out, _ = run_main(capsys, "settings", "--vip-map", SHOP_MAP,
+                            "--auth-pass-file", str(secret))
+    assert "s3cret" not in out and f"auth_pass_file = {secret}" in out
+    config = tmp_path / "copy.conf"
+    config.write_text(out)
+    code, again, _ = run_main(capsys, "settings", "--config", str(config))
+    assert (code, again) == (0, out)
+
+
+def test_sigterm_is_effective_while_the_http_server_trickles(tmp_path):
+    from .test_feed_http import SlowServer
+    slow = SlowServer(every=0.2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cartridge_agent_lvs.director.cli", "run",
+         "--vip-map", st.vip_map([0]), "--http-url", slow.url, "--http-timeout", "600",
+         "--keepalived-conf", str(tmp_path / "keepalived.conf")],
+        stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: slow.connections >= 1, 10, "the request")
+        time.sleep(1.0)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - t < 3
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        slow.close()
+    assert "Traceback" not in proc.stderr.read()

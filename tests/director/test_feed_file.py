@@ -82,3 +82,24 @@ def test_stop_is_prompt(tmp_path, follow):
     feed.stop()
     assert time.monotonic() - t < 1
     wait_for(lambda: not feed._thread.is_alive(), 1, "thread gone")
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path, follow, caplog):
+    """``open()`` of a FIFO without a writer blocks forever: never open one."""
+    fifo = tmp_path / "topology.json"
+    os.mkfifo(fifo)
+    try:
+        with caplog.at_level(logging.INFO, logger="cartridge_agent_lvs.director.feeds"):
+            feed, sink = follow(fifo)
+            wait_for(lambda: "not a regular file (a FIFO)" in caplog.text, 3,
+                     "the refusal")
+            time.sleep(0.2)
+        assert caplog.text.count("not a regular file") == 1 and sink.updates == []
+        t = time.monotonic()
+        feed.stop()
+        assert time.monotonic() - t < 1
+    finally:
+        try:                 # (without the fix) release a reader blocked in open()
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass

@@ -148,3 +148,103 @@ def test_refresh_fetches_again_even_if_unchanged(server, feeds):
     sink.wait(1)
     feed.refresh()
     assert sink.wait(2)[1].payload == sink.updates[0].payload
+
+
+# -- review (issue 10): a slow server, credentials ------------------------------------
+
+class SlowServer:
+    """Answers 200 with a large Content-Length, then drips one byte every *every* s."""
+
+    def __init__(self, every: float = 0.2, length: int = 1_000_000) -> None:
+        import socket
+        self.every, self.length = every, length
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/topology"
+        self.closed = threading.Event()
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n{" % self.length)
+                while not self.closed.wait(self.every):
+                    conn.sendall(b" ")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.closed.set()
+        self.sock.close()
+
+
+@pytest.fixture
+def slow():
+    s = SlowServer()
+    yield s
+    s.close()
+
+
+def test_a_slow_body_is_cut_at_the_total_deadline(slow, feeds, caplog):
+    """One byte every 0.2 s never trips a 1 s read timeout: only a deadline ends it."""
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        t = time.monotonic()
+        feed, sink = feeds(slow.url, timeout=(1.0, 1.0), deadline=1.0)
+        wait_for(lambda: "no complete answer within 1s" in caplog.text, 5, "the deadline")
+        assert time.monotonic() - t < 3
+        wait_for(lambda: slow.connections >= 2, 5, "a retry")
+    assert sink.updates == []
+
+
+def test_stop_is_prompt_during_a_slow_body(slow, feeds):
+    feed, sink = feeds(slow.url, timeout=(1.0, 30.0), deadline=60.0)
+    wait_for(lambda: slow.connections >= 1, 5, "the request")
+    time.sleep(0.5)
+    t = time.monotonic()
+    feed.stop()
+    assert time.monotonic() - t < 1.5
+    assert not feed._thread.is_alive()
+
+
+def test_url_credentials_never_reach_the_log_and_plain_http_is_warned(server, feeds,
+                                                                    caplog):
+    url = server.url.replace("http://", "http://admin:pa55word@")
+    with caplog.at_level(logging.DEBUG, logger="cartridge_agent_lvs.director.feeds"):
+        feed, sink = feeds(url, token="t0ken")
+        sink.wait(1)
+        feed.refresh()
+        sink.wait(2)
+    assert "pa55word" not in caplog.text and "t0ken" not in caplog.text
+    assert "admin" not in caplog.text
+    assert "http://***@127.0.0.1" in caplog.text
+    assert all("pa55word" not in u.source for u in sink.updates)
+    assert caplog.text.count("plain http") == 1
+
+
+def test_no_warning_without_credentials(server, feeds, caplog):
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feeds(server.url)[1].wait(1)
+    assert "plain http" not in caplog.text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("http://u:p@h:1/x?q=1", "http://***@h:1/x?q=1"),
+    ("failed: https://tok@[fd00::1]:8443/t and http://a:b@c/", 
+     "failed: https://***@[fd00::1]:8443/t and http://***@c/"),
+    ("http://h/x@y", "http://h/x@y"),
+    ("no url here", "no url here"),
+])
+def test_redact_urls(text, expected):
+    assert http_feed.redact_urls(text) == expected

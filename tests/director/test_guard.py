@@ -86,3 +86,13 @@ def test_port_change_counts_as_removal():
 def test_threshold_must_be_a_share(threshold):
     with pytest.raises(ValueError):
         MassRemovalGuard(threshold, 60)
+
+
+def test_a_baseline_given_at_start_guards_the_very_first_update(caplog):
+    """After a restart the live file is the baseline: an empty topology is held."""
+    g = MassRemovalGuard(0.5, 60, baseline=TEN)
+    with caplog.at_level(logging.WARNING):
+        d = g.check(lvs(), 0)
+    assert d.held and d.config is TEN and (d.removed, d.total) == (10, 10)
+    assert "MASS REMOVAL HELD BACK" in caplog.text
+    assert not MassRemovalGuard(0.5, 60, baseline=TEN).check(lvs(*ips(6)), 0).held

@@ -5,8 +5,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -18,7 +20,7 @@ from cartridge_agent_lvs.director.topology import parse_topology
 from cartridge_agent_lvs.errors import HostError
 
 from . import _stratos as st
-from ._service import fake_keepalived, vrrp_interface  # noqa: F401
+from ._service import FakeKeepalived, fake_keepalived, vrrp_interface  # noqa: F401
 
 pytestmark = pytest.mark.keepalived
 
@@ -152,3 +154,101 @@ def test_lock_is_exclusive(conf):
         assert not entered.wait(0.5)         # blocked while we hold the lock
     thread.join(30)
     assert entered.is_set()
+
+
+# -- review (issue 10): who gets the SIGHUP, stale temp files, the lock file ----------
+
+@pytest.fixture
+def sleeper():
+    proc = subprocess.Popen(["sleep", "300"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_sighup_never_goes_to_a_process_that_is_not_keepalived(conf, tmp_path, sleeper):
+    """A reused or planted pid in the pid file: a real ``sleep`` must survive."""
+    pidfile = tmp_path / "planted.pid"
+    pidfile.write_text(f"{sleeper.pid}\n")
+    k = Keepalived(conf, pidfile=str(pidfile))
+    with pytest.raises(HostError) as err:
+        k.apply(conf_text(1))
+    assert "is not keepalived" in str(err.value) and "\n" not in str(err.value)
+    assert str(sleeper.pid) in str(err.value) and "'sleep'" in str(err.value)
+    time.sleep(0.2)
+    assert sleeper.poll() is None                   # not signalled: still running
+    with open(conf) as f:
+        assert f.read() == conf_text(1)             # the file itself was written
+
+
+def test_sighup_needs_keepalived_running_our_config_file(conf, tmp_path):
+    other = FakeKeepalived(str(tmp_path), conf=str(tmp_path / "other.conf"))
+    try:
+        with pytest.raises(HostError, match=r"runs .*other\.conf, not .*keepalived\.conf"):
+            Keepalived(conf, pidfile=other.pidfile).apply(conf_text(1))
+        assert other.hups() == 0
+    finally:
+        other.stop()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["keepalived", "-n", "-l", "-D", "-f", "/x/k.conf", "-p", "/run/k.pid"], "/x/k.conf"),
+    (["/usr/sbin/keepalived", "--use-file=/x/k.conf"], "/x/k.conf"),
+    (["keepalived", "--use-file", "/x/k.conf"], "/x/k.conf"),
+    (["keepalived", "-f/x/k.conf"], "/x/k.conf"),
+    (["keepalived", "-D", "--dont-fork"], "/etc/keepalived/keepalived.conf"),
+    (["keepalived", "-f", "k.conf"], "/work/k.conf"),
+])
+def test_config_file_of_a_keepalived_command_line(argv, expected):
+    from cartridge_agent_lvs.director.keepalived import config_file_of
+    assert config_file_of(argv, cwd="/work") == expected
+
+
+def _age(path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_stale_temp_files_of_our_own_are_removed_at_start(conf, tmp_path):
+    dead = multiprocessing.Process(target=int)
+    dead.start()
+    dead.join()
+    names = {
+        ".keepalived-abc123.conf.tmp": 3600,                 # old naming, an hour old
+        f".keepalived-{dead.pid}-x1.conf.tmp": 0,            # writer gone
+        f".keepalived-{os.getppid()}-x2.conf.tmp": 0,        # writer alive, fresh: kept
+        ".keepalived-young.conf.tmp": 0,                     # fresh, no pid: kept
+        "keepalived.conf.tmp": 3600,                         # not our pattern: kept
+        ".keepalived-foreign.conf.tmp": 3600,                # someone else's: kept
+    }
+    for name, age in names.items():
+        (tmp_path / name).write_text("x")
+        _age(tmp_path / name, age)
+    os.chown(tmp_path / ".keepalived-foreign.conf.tmp", 4242, 4242)
+    os.symlink("/etc/hostname", tmp_path / ".keepalived-link.conf.tmp")
+    _age_link = time.time() - 3600
+    os.utime(tmp_path / ".keepalived-link.conf.tmp", (_age_link, _age_link),
+             follow_symlinks=False)
+    removed = Keepalived(conf).remove_stale_temps()
+    assert sorted(removed) == sorted([".keepalived-abc123.conf.tmp",
+                                      f".keepalived-{dead.pid}-x1.conf.tmp"])
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        set(names) - set(removed) | {".keepalived-link.conf.tmp", "keepalived.conf.lock"})
+
+
+def test_temp_files_name_their_writer(conf, monkeypatch):
+    seen = []
+    k = Keepalived(conf)
+    monkeypatch.setattr(k, "check_file", lambda path: seen.append(os.path.basename(path)))
+    k.apply(conf_text(1))
+    assert seen and seen[0].startswith(f".keepalived-{os.getpid()}-")
+
+
+def test_lock_file_symlink_is_refused_and_not_followed(conf, tmp_path):
+    target = tmp_path / "elsewhere" / "created-by-us"
+    target.parent.mkdir()
+    os.symlink(target, conf + ".lock")
+    with pytest.raises(HostError) as err:
+        Keepalived(conf).apply(conf_text(1))
+    assert "symbolic link" in str(err.value) and "\n" not in str(err.value)
+    assert not target.exists() and not os.path.exists(conf)

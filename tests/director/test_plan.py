@@ -118,3 +118,17 @@ def test_weight_setting_reaches_every_real_server():
     result = plan(load(dict(vip_map=st.vip_map([0]), weight="50")),
                   parse_topology(st.topology({0: [1, 2]})))
     assert {rs.weight for vs in result.config.virtual_servers for rs in vs.real_servers} == {50}
+
+
+def test_a_member_whose_address_is_the_vip_is_skipped_with_a_warning():
+    doc = st.topology({0: [1, 2]})
+    member = doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][
+        st.cluster_id(0)]["memberMap"][st.member_id(0, 2)]
+    member["defaultPrivateIP"] = st.vip(0)
+    member["memberPrivateIPs"] = [st.vip(0)]
+    result = plan(load(dict(vip_map=st.vip_map([0]))), parse_topology(doc))
+    assert servers(result)[(st.vip(0), 80, "TCP")] == [
+        (st.member_ip(0, 1), 80, st.member_id(0, 1))]
+    assert [w for w in result.warnings if "svc0.member-2" in w] == [
+        f"skipped member 'svc0.member-2' of cluster 'svc0.app.domain': its Private IP "
+        f"{st.vip(0)} is the VIP itself"]

@@ -17,7 +17,7 @@ from cartridge_agent_lvs.director.drain import Drain
 from cartridge_agent_lvs.director.keepalived import Keepalived, ValidationError
 from cartridge_agent_lvs.director.model import LvsConfig
 from cartridge_agent_lvs.director.plan import plan
-from cartridge_agent_lvs.director.render import render
+from cartridge_agent_lvs.director.render import RenderedFileError, parse_rendered, render
 from cartridge_agent_lvs.director.settings import load
 from cartridge_agent_lvs.director.topology import parse_topology
 
@@ -178,3 +178,37 @@ def test_render_of_an_empty_config_has_only_global_defs():
     settings = load(dict(vip_map=st.vip_map([0])))
     text = render(settings, LvsConfig())
     assert "vrrp_instance" not in text and "global_defs" in text
+
+
+# -- reading back what we wrote: the guard's baseline after a restart ------------------
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_parse_rendered_gives_back_the_config(case):
+    settings = load({"interface": "eth0", **CASES[case]})
+    config = plan(settings, shop_topology()).config
+    back = parse_rendered(render(settings, config))
+    assert back == config
+    assert [vs.service for vs in back.virtual_servers] == [
+        vs.service for vs in config.virtual_servers]
+
+
+def test_parse_rendered_keeps_draining_weights():
+    settings = load(dict(vip_map=st.vip_map([0])))
+    drain = Drain(30)
+    drain.apply(plan(settings, parse_topology(st.topology({0: [1, 2, 3]}))).config, 0)
+    draining = drain.apply(plan(settings, parse_topology(st.topology({0: [1]}))).config, 1)
+    assert parse_rendered(render(settings, draining)) == draining
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "not written by lvs-extension"),
+    ("global_defs {\n}\n", "not written by lvs-extension"),
+    (rendered("shop-dr")[:-300], "unbalanced"),
+    (rendered("shop-dr").replace("real_server 10.0.1.12 80", "real_server 10.0.1.x 80"),
+     "line"),
+    (rendered("shop-dr").replace("    protocol TCP\n", "", 1), "protocol"),
+])
+def test_parse_rendered_refuses_what_it_did_not_write(text, reason):
+    with pytest.raises(RenderedFileError, match=reason) as err:
+        parse_rendered(text)
+    assert "\n" not in str(err.value)

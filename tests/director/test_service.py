@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 
@@ -321,3 +322,92 @@ def test_http_feed(tmp_path, director_settings, fake_keepalived, running):
 def test_exactly_one_feed_is_required(director_settings, feeds):
     with pytest.raises(SettingsError, match="exactly one of"):
         service.build_feed(director_settings(**feeds))
+
+
+# -- review (issue 10): restart over a live file, reload retries ----------------------
+
+def _live_conf(settings, members) -> str:
+    """The keepalived.conf an earlier run left in place for *members* of svc0."""
+    from cartridge_agent_lvs.director.plan import plan
+    from cartridge_agent_lvs.director.render import render
+    from cartridge_agent_lvs.director.topology import parse_topology
+    text = render(settings, plan(settings, parse_topology(st.topology({0: members}))).config)
+    with open(settings.keepalived_conf, "w") as f:
+        f.write(text)
+    return text
+
+
+@pytest.mark.parametrize("after_restart", [
+    {"topology": {"serviceMap": {}}},           # an empty topology kept on the broker
+    st.topology({0: [0]}),                      # 9 of 10 gone
+])
+def test_restart_over_a_live_conf_holds_a_mass_removal(
+        tmp_path, director_settings, fake_keepalived, running, caplog, after_restart):
+    topo = tmp_path / "topology.json"
+    write_json(topo, after_restart)
+    settings = director_settings(topology_file=str(topo), quiet_period=0.1,
+                                 drain_seconds=0, mass_removal_hold=60)
+    live = _live_conf(settings, range(10))
+    stale = tmp_path / ".keepalived-k1ll3d9x.conf.tmp"   # left by a kill -9
+    stale.write_text("partial")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with caplog.at_level(logging.INFO):
+        svc = running(settings)
+        wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="the guard")
+        time.sleep(0.5)
+    assert "removes 10 of 10" in caplog.text or "removes 9 of 10" in caplog.text
+    assert svc.conf() == live                       # nothing removed
+    assert fake_keepalived.hups() == 0
+    assert "baseline: 10 real servers" in caplog.text
+    assert not stale.exists()
+    assert svc.close() == 0
+
+
+def test_restart_over_an_unreadable_conf_starts_without_a_baseline(
+        tmp_path, director_settings, fake_keepalived, running, caplog):
+    topo = tmp_path / "topology.json"
+    write_json(topo, st.topology({0: [0]}))
+    settings = director_settings(topology_file=str(topo), quiet_period=0.1,
+                                 drain_seconds=0)
+    with open(settings.keepalived_conf, "w") as f:
+        f.write("# hand-written\nvirtual_server 192.0.2.10 80 {\n")
+    with caplog.at_level(logging.INFO):
+        svc = running(settings)
+        svc.wait_servers(active(0))
+    assert "starting without a baseline" in caplog.text
+    assert "not written by lvs-extension" in caplog.text
+    fake_keepalived.expect(1)
+
+
+def test_a_failed_reload_is_retried_with_capped_backoff_and_on_sighup(
+        tmp_path, director_settings):
+    from cartridge_agent_lvs.director.feeds import COMPLETE, FeedUpdate
+    fail, attempts = tmp_path / "fail", tmp_path / "attempts"
+    fail.write_text("")
+    cmd = (sys.executable, "-c",
+           f"import os, sys; open({str(attempts)!r}, 'a').write('x'); "
+           f"sys.exit(3 if os.path.exists({str(fail)!r}) else 0)")
+    settings = director_settings(reload_command=cmd, quiet_period=0, drain_seconds=0)
+    d = service.Director(settings, service.keepalived_for(settings),
+                         reload_backoff=Backoff(initial=1, cap=4, jitter=0))
+
+    def tried() -> int:
+        return len(attempts.read_text()) if attempts.exists() else 0
+
+    d.handle(FeedUpdate(COMPLETE, json.dumps(st.topology({0: [1, 2]})), "test"), 0)
+    assert d.tick(0)
+    assert st.member_ip(0, 2) in open(settings.keepalived_conf).read()   # written ...
+    assert (tried(), d.reloads) == (1, 0)                                # ... not reloaded
+    for now, deadline in ((0, 1), (1, 3), (3, 7), (7, 11), (11, 15)):    # 1, 2, 4, 4, 4
+        assert d.deadline() == deadline
+        d.tick(deadline - 0.01)
+        assert tried() == 1 + [0, 1, 3, 7, 11].index(now)               # not early
+        d.tick(deadline)
+    assert tried() == 6
+    fail.unlink()
+    d.force()                                   # SIGHUP: retried at once
+    d.tick(12)
+    assert (tried(), d.reloads, d.deadline()) == (7, 1, None)
+    d.force()                                   # confirmed: no further reload
+    d.tick(13)
+    assert tried() == 7

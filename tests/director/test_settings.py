@@ -59,6 +59,8 @@ def test_stratos_vip_map_string():
     ("a|192.0.2.300", "not an IP address"),
     ("a|127.0.0.1", "loopback"),
     ("a|224.0.0.1", "multicast"),
+    ("a|0.1.2.3", "0.0.0.0/8"),                 # "this network": never a host
+    ("a|0.0.0.1", "0.0.0.0/8"),
     ("a{b|192.0.2.1", "not allowed"),
     ("a|192.0.2.1/24", "not an IP address"),
     ("", "at least one"),
@@ -175,3 +177,33 @@ def test_readme_documents_every_setting_and_default():
     readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.rst")
     with open(readme) as f:
         assert S.reference_table() in f.read(), "README settings table is out of date"
+
+
+def test_auth_pass_from_a_file(tmp_path):
+    secret = tmp_path / "vrrp.pass"
+    secret.write_text("s3cret\nignored second line\n")
+    s = S.load({"vip_map": "a|192.0.2.1", "auth_pass_file": str(secret)})
+    assert s.auth_pass == "s3cret" and s.auth_pass_file == str(secret)
+
+
+@pytest.mark.parametrize("content, extra, message", [
+    ("longerthan8\n", {}, "must be 1-8 printable"),
+    ("s3cret\n", {"auth_pass": "other"}, "not both"),
+    (None, {}, "cannot read"),
+])
+def test_auth_pass_file_errors_are_one_line_and_never_echo(tmp_path, content, extra,
+                                                          message):
+    secret = tmp_path / "vrrp.pass"
+    if content is not None:
+        secret.write_text(content)
+    with pytest.raises(SettingsError) as err:
+        S.load({"vip_map": "a|192.0.2.1", "auth_pass_file": str(secret), **extra})
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert "longerthan8" not in str(err.value) and "s3cret" not in str(err.value)
+
+
+def test_auth_pass_file_refuses_a_fifo(tmp_path):
+    fifo = tmp_path / "vrrp.pass"
+    os.mkfifo(fifo)
+    with pytest.raises(SettingsError, match="not a regular file"):
+        S.load({"vip_map": "a|192.0.2.1", "auth_pass_file": str(fifo)})

@@ -127,3 +127,25 @@ def test_bad_events_raise_and_apply_nothing(event, payload):
     with pytest.raises(TopologyError):
         apply_event(topo, event, payload)
     assert statuses(topo) == before
+
+
+def test_two_services_with_one_service_name_is_an_error_naming_it():
+    doc = copy.deepcopy(DOC)
+    services = doc["topology"]["serviceMap"]
+    services["svc0-copy"] = copy.deepcopy(services["svc0"])        # serviceName "svc0"
+    with pytest.raises(TopologyError, match=r"serviceName 'svc0' .*twice") as err:
+        parse_topology(doc)
+    assert "\n" not in str(err.value)
+
+
+def test_a_number_too_long_for_python_names_its_field():
+    text = json.dumps(DOC).replace('"value": 80', '"value": ' + "7" * 4400, 1)
+    with pytest.raises(TopologyError) as err:
+        parse_topology(text)
+    assert str(err.value) == ("topology: topology.serviceMap.svc0.portMap['80'].value: "
+                              "a number of 4400 digits (not a port, id or address)")
+    # an event too
+    event = json.dumps(st.member_event(0, 1)).replace('"svc0.member-1"', "1" * 5000)
+    with pytest.raises(TopologyError, match=r"MemberActivatedEvent: memberId: a number of "
+                       "5000 digits"):
+        apply_event(parse_topology(DOC), "MemberActivatedEvent", event)

@@ -67,3 +67,8 @@ def test_h_stats_counters_grow_with_requests(e2e):
 def test_i_ipv6_vip_end_to_end(e2e):
     m = e2e.expect_ok("i")["measurements"]
     assert "IPv6 DR" in m["covered"], m
+
+
+def test_p_stratos_agent_python27_stock_extension_repaired_and_clean_restores(e2e):
+    m = e2e.expect_ok("p")["measurements"]
+    assert m["events_logged"] == 4 and m["errors_after_install_pca"] == 0, m

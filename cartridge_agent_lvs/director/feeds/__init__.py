@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
@@ -28,6 +29,15 @@ COMPLETE = "CompleteTopologyEvent"
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 
 Payload = Union[bytes, str, dict]
+
+#: ``scheme://userinfo@`` in any text (the userinfo ends at the last '@' before the path)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s?#]*@")
+
+
+def redact_urls(text: str) -> str:
+    """*text* with the user information of every URL in it replaced by ``***``
+    (for every line that shows a URL: logs, ``lvs-extension settings``)."""
+    return _USERINFO.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True)

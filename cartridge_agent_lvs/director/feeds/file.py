@@ -4,7 +4,9 @@ The file holds a CompleteTopologyEvent or a bare topology object (JSON).  It is 
 (``os.stat``: inode, device, size, mtime) rather than watched with inotify, which
 also works for files replaced by rename, on network file systems and in containers.
 A file that cannot be read is reported once; the last good topology stays applied
-(the loop rejects a file that does not parse, also reported once).
+(the loop rejects a file that does not parse, also reported once).  Only a regular
+file is read: a FIFO or device is refused (``open()`` of a FIFO would block the feed,
+and SIGTERM with it, until a writer appears).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 from typing import Optional, Tuple
 
+from ..files import open_regular
 from . import COMPLETE, MAX_PAYLOAD_BYTES, StateLog, ThreadFeed
 
 log = logging.getLogger(__name__)
@@ -37,7 +40,7 @@ class FileFeed(ThreadFeed):
 
     def _read(self) -> Tuple[Optional[Signature], Optional[bytes]]:
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 st = os.fstat(f.fileno())
                 if st.st_size > MAX_PAYLOAD_BYTES:
                     self._states.report("too large, ignored",

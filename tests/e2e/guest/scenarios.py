@@ -39,7 +39,8 @@ VIP6 = "fd99::100"
 VIP_CONTROL = "10.99.0.150"
 PORT = 80
 ADDRESSES = {"client": 2, "mb": 5, "dir1": 11, "dir2": 12,
-             "rs1": 21, "rs2": 22, "rs3": 23, "rs4": 24, "rsctl": 29}
+             "rs1": 21, "rs2": 22, "rs3": 23, "rs4": 24, "rsctl": 29, "rspca": 31}
+VIP_PCA = "10.99.0.160"
 DIRECTORS = {"dir1": ("MASTER", 150), "dir2": ("BACKUP", 100)}
 REAL_SERVERS = ("rs1", "rs2", "rs3")
 LATE_MEMBER = "rs4"
@@ -106,7 +107,7 @@ class Suite:
 
     # Execution order. d (the MASTER's keepalived killed) runs last: afterwards the
     # BACKUP serves and the old MASTER is a crashed machine.
-    ORDER = "ahcbefgid"
+    ORDER = "ahcbefgpid"
     COMMON_LOGS = ["dir1-lvs-extension.log", "dir2-lvs-extension.log",
                    "dir1-keepalived.log", "dir2-keepalived.log"]
 
@@ -502,6 +503,81 @@ class Suite:
             # the control host would steal VIP traffic from the directors: take it away
             self.lab.sh("ip", "link", "del", "dummy0", ns=self.lab.ns("rsctl"), check=False)
             self.lab.sh("ip", "neigh", "flush", "dev", "eth0", ns=self.lab.ns("client"))
+
+    def scenario_p(self, s: Scenario) -> None:
+        """p. the Stratos agent on Python 2.7 with its stock bash extension: the plugin repairs, clean restores"""
+        from tests.realserver import pca_agent as P
+        python27 = P.find_python27()
+        s.check(python27 is not None, "no Python 2.7 with Yapsy (scripts/bootstrap) in the guest")
+        script = command("cartridge-agent-lvs")
+        s.check(len(script) == 1, f"cartridge-agent-lvs is not installed in {BIN_DIR}")
+        self.lab.add_host("rspca", v4("rspca"), v6("rspca"))
+        ns = self.lab.ns("rspca")
+        # what `modprobe dummy numdummies=1` gives a fresh host: dummy0 (here in the namespace)
+        self.lab.sh("ip", "link", "add", "dummy0", "type", "dummy", ns=ns, log="runner-pca.log")
+
+        def host_state():
+            links = json.loads(self.lab.sh("ip", "-d", "-j", "addr", "show", ns=ns).stdout)
+            addrs = {link["ifname"]: sorted(f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
+                                            if a["family"] == "inet")
+                     for link in links}
+            kinds = {link["ifname"]: link.get("linkinfo", {}).get("info_kind") for link in links}
+            route = self.lab.sh("ip", "-4", "route", "show", "table", "all", ns=ns).stdout
+            return addrs, kinds, sorted(route.splitlines()), self.sysctls("rspca")
+
+        before = host_state()
+        payload = (f"APPLICATION_ID=e2e,SERVICE_NAME=web,CLUSTER_ID=web.e2e.domain,MEMBER_ID=web.rspca,"
+                   f"PORTS={PORT},TOKEN=secret,LVS_VIRTUAL_IP={VIP_PCA}|255.255.255.0\n")
+        home = P.make_pca_home(self.workdir / "pca", payload)
+        state_dir = self.workdir / "pca-state"
+        env = {"CARTRIDGE_AGENT_LVS_STATE_DIR": str(state_dir),
+               "CARTRIDGE_AGENT_LVS_COMMAND": script[0]}
+        # 1. an operator who copied the plugin without install-pca: the stock script runs first
+        for name in ("LvsRealServer.py", "LvsRealServer.yapsy-plugin"):
+            (home / "plugins" / name).write_bytes((Path(P.REPO) / "plugins" / name).read_bytes())
+        agent = P.Agent(python27, ns, home, **env)
+        try:
+            s.check(agent.fire("CreateLVSDummyInterface") == "done CreateLVSDummyInterface", "no answer")
+            addrs, kinds, route, sysctls = host_state()
+            s.note(f"after CreateLVSDummyInterface (stock script first): {addrs}; routes {route}")
+            s.check(kinds.get("lvs0") == "dummy" and addrs["lvs0"] == [f"{VIP_PCA}/32"],
+                    f"VIP/32 on the dummy lvs0: {addrs} {kinds}")
+            s.check(addrs["dummy0"] == [], f"the stock script's VIP/24 left on dummy0: {addrs}")
+            s.check(not [r for r in route if r.startswith("10.99.0.0/24 dev dummy0")],
+                    f"the stock script's subnet route through dummy0 remains: {route}")
+            s.check(all(v in ("1", "2") for v in sysctls.values()) and sysctls != before[3],
+                    f"ARP sysctls {sysctls}")
+            bound = host_state()
+            for event in ("InstanceStartedEvent", "InstanceActivatedEvent", "MemberTerminatedEvent"):
+                agent.fire(event)
+                s.check(host_state() == bound, f"{event} changed the host")
+            agent.fire("clean")
+            after = host_state()
+            s.check(after[0].get("dummy0") == [] and "lvs0" not in after[0]
+                    and after[3] == before[3], f"clean left {after} (before {before})")
+            log = agent.close()
+        finally:
+            agent.kill()
+        lines = P.plugin_lines(log)
+        s.note("agent log, plugin lines:\n" + "\n".join(lines))
+        bad = [b for b in P.errors(log) if "Extension execution failed" not in b]
+        s.check(not bad, f"errors in the agent log: {bad}")
+        s.measure("events_logged", len(lines))
+        # 2. after install-pca: the stock script is a no-op, the plugin alone sets up
+        self.lab.sh(*script, "install-pca", home, "--state-dir", state_dir, log="runner-pca.log")
+        agent = P.Agent(python27, ns, home)
+        try:
+            agent.fire("CreateLVSDummyInterface")
+            addrs, kinds, route, _ = host_state()
+            s.check(addrs["lvs0"] == [f"{VIP_PCA}/32"] and addrs["dummy0"] == [],
+                    f"after install-pca: {addrs}")
+            agent.fire("clean")
+            s.check(host_state() == before, f"clean after install-pca left {host_state()}")
+            log = agent.close()
+        finally:
+            agent.kill()
+        s.check(not P.errors(log), f"errors in the agent log after install-pca: {P.errors(log)}")
+        s.measure("errors_after_install_pca", 0)
 
     def client_resolves(self, address: str) -> str:
         """Flush the client's neighbour table, make it resolve ``address``; its entry."""
