@@ -98,3 +98,30 @@ def test_the_example_message_is_a_member_of_the_example_topology():
     member = cluster["memberMap"][event["memberId"]]
     assert member["memberStateManager"]["stateStack"][-1] == "Starting"
     assert event["defaultPrivateIP"] == member["defaultPrivateIP"]
+
+
+def test_an_installed_wheel_carries_what_its_commands_need(tmp_path):
+    """``pip install`` (not the clone): the demo finds its sample payload and
+    ``install-pca`` the shim -- both ship inside the package."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+    wheel = next((tmp_path / "dist").glob("cartridge_agent_lvs-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(site), str(wheel)], check=True, capture_output=True)
+    home = tmp_path / "pca"
+    (home / "plugins").mkdir(parents=True)
+    (home / "agent.py").write_text("")
+    (home / "plugins" / "contracts.py").write_text("")
+    run = [sys.executable, "-c", "import sys; from cartridge_agent_lvs.realserver.cli import "
+           "main; sys.exit(main(sys.argv[1:]))"]
+    env = dict(os.environ, PYTHONPATH=str(site))
+    demo = subprocess.run(run + ["demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert demo.returncode == 0, demo.stderr
+    assert str(site) in demo.stdout and "bound 192.168.56.40/32" in demo.stdout
+    install = subprocess.run(run + ["install-pca", str(home), "--command", str(VENV_SCRIPT)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    assert (home / "plugins" / "LvsRealServer.py").read_bytes() == \
+        (ROOT / "plugins" / "LvsRealServer.py").read_bytes()
