@@ -13,7 +13,8 @@ LVS keys:
                     ``VIP|NETMASK`` (the Stratos form) or ``VIP/PREFIX``; IPv4 or IPv6.
 ``LVS_INTERFACE``   the dummy interface carrying the VIPs (default ``lvs0``).
 ``LVS_MODE``        ``auto`` (default: dummy, or ``lo`` where the kernel has no dummy
-                    driver), ``dummy`` or ``loopback``.
+                    driver), ``dummy``, ``loopback``, or ``tunnel`` (LVS-TUN: the VIPs on
+                    ``tunl0``, IPv4 only).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ KEY_VIP = "LVS_VIRTUAL_IP"
 KEY_INTERFACE = "LVS_INTERFACE"
 KEY_MODE = "LVS_MODE"
 DEFAULT_INTERFACE = "lvs0"
-MODES = ("auto", "dummy", "loopback")
+MODES = ("auto", "dummy", "loopback", "tunnel")
 
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _VIP_SEP = re.compile(r"[;\s]+")
@@ -148,7 +149,17 @@ def lvs_request(values: Mapping[str, object],
     if mode not in MODES:
         raise PayloadError(KEY_MODE, values.get(KEY_MODE), "must be one of "
                            + ", ".join(MODES), source)
-    if mode == "loopback":
+    if mode == "tunnel":
+        if _text(values, KEY_INTERFACE, source) not in (None, "tunl0"):
+            raise PayloadError(KEY_INTERFACE, values.get(KEY_INTERFACE), "LVS_MODE=tunnel "
+                               "binds the VIPs on tunl0", source)
+        for vip in vips:
+            if vip.version == 6:
+                raise PayloadError(KEY_VIP, vip.address, "LVS_MODE=tunnel is IPv4 only "
+                                   "(tunl0); IPv6 tunnelling (ip6tnl0) is not supported",
+                                   source)
+        interface = "tunl0"
+    elif mode == "loopback":
         interface = "lo"
     elif interface == "lo":
         raise PayloadError(KEY_INTERFACE, interface, "use LVS_MODE=loopback to bind on lo",

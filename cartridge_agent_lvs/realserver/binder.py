@@ -34,9 +34,10 @@ from typing import Callable, List, Optional, Tuple
 
 from ..errors import HostError
 from ..payload import LvsRequest
+from .modes import DUMMY, LOOPBACK, TUNNEL, BindingMode, mode_of
 from .netlink import NetlinkHost, NoDummyDriver, PartialAdd
 from .state import State, StateStore
-from .sysctl import Sysctl, arp_keys
+from .sysctl import Sysctl
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +111,21 @@ class VipBinder:
                journal: _Journal) -> Report:
         """Every change is recorded (write-ahead) before it is made."""
         bound = self.host.addresses()
-        ifname, mode = self._choose(request, state)
+        mode = self._choose(request, state)
+        ifname = mode.interface(request.interface)
         stock = self._stock_bindings({v.address: v.host_prefixlen for v in request.vips},
                                      bound, ifname)
         bound = [a for a in bound if a not in stock]
         self._check_conflicts(request.vips, bound, ifname, request.mode)
-        report = Report(ifname, mode)
-        state = state or State(interface=ifname, mode=mode)
+        report = Report(ifname, mode.name)
+        state = state or State(interface=ifname, mode=mode.name)
         index = self.host.link_index(ifname)
-        if index is not None and mode == "dummy":
-            self._check_kind(ifname, index)
-        if index is None:
-            index, mode, ifname = self._create(request, state, journal, report)
-            report.interface, report.mode = ifname, mode
+        if index is not None:
+            self._check_kind(mode, ifname, index)
+        else:
+            index, mode = self._create(request, mode, state, journal, report)
+            ifname = report.interface = mode.interface(request.interface)
+            report.mode = mode.name
             self._check_conflicts(request.vips, bound, ifname, "fixed")
         if not self.host.is_up(index):
             if not state.created_link:
@@ -151,7 +154,7 @@ class VipBinder:
                                   + (f" (payload mask /{vip.prefixlen}: no subnet route)"
                                      if vip.prefixlen != vip.host_prefixlen else ""))
         self._take_off(stock, state, journal, report)
-        self._set_sysctls(ifname, state, journal, report)
+        self._set_sysctls(mode, ifname, state, journal, report)
         self._converge(request, index, state, report)
         if report.changed:
             self.store.save(state)
@@ -170,21 +173,27 @@ class VipBinder:
         report.actions += [f"removed {e} from {state.interface} (no longer in the payload)"
                            for e in stale]
 
-    def _choose(self, request: LvsRequest, state: Optional[State]) -> Tuple[str, str]:
-        if request.mode == "loopback" or (state and state.mode == "loopback"
-                                          and request.mode == "auto"):
-            return "lo", "loopback"
-        return request.interface, "dummy"
+    @staticmethod
+    def _choose(request: LvsRequest, state: Optional[State]) -> BindingMode:
+        if request.mode == "auto":
+            return LOOPBACK if state and state.mode == LOOPBACK.name else DUMMY
+        return mode_of(request.mode)
 
-    def _create(self, request: LvsRequest, state: State, journal: _Journal,
-                report: Report) -> Tuple[int, str, str]:
-        """Create the dummy link, or fall back to lo (auto mode) without the driver."""
-        state.interface, state.mode, state.created_link = request.interface, "dummy", True
+    def _create(self, request: LvsRequest, mode: BindingMode, state: State,
+                journal: _Journal, report: Report) -> Tuple[int, BindingMode]:
+        """Get the mode's link: create the dummy one (or fall back to lo in auto mode
+        without the driver), have the kernel make ``tunl0``."""
+        if mode is TUNNEL:
+            index = self.host.ensure_tunnel(mode.interface(""))
+            return index, mode
+        if not mode.creates_link:
+            raise HostError(f"no {mode.interface(request.interface)} in {self.host.where}")
+        state.interface, state.mode, state.created_link = request.interface, mode.name, True
         self.store.save(state)
         try:
             index = self.host.create_dummy(request.interface)
         except NoDummyDriver:
-            state.interface, state.mode, state.created_link = "lo", "loopback", False
+            state.interface, state.mode, state.created_link = "lo", LOOPBACK.name, False
             if request.mode == "dummy":
                 raise HostError(f"LVS_MODE=dummy but the kernel of {self.host.where} has "
                                 "no dummy link driver") from None
@@ -195,18 +204,17 @@ class VipBinder:
             index = self.host.link_index("lo")
             if index is None:
                 raise HostError(f"no lo in {self.host.where}") from None
-            return index, "loopback", "lo"
+            return index, LOOPBACK
         journal.add(f"link {request.interface}", lambda: self.host.delete_link(index))
         report.actions.append(f"created dummy link {request.interface}")
-        return index, "dummy", request.interface
+        return index, mode
 
-    def _check_kind(self, ifname: str, index: int) -> None:
+    def _check_kind(self, mode: BindingMode, ifname: str, index: int) -> None:
         kind = self.host.link_kind(index)
-        if kind != "dummy":
-            raise HostError(f"LVS_INTERFACE {ifname} is an existing {kind or 'physical'} "
-                            "link, not a dummy one: a VIP there would answer ARP and "
-                            "steal the director's traffic; name a dummy or a new "
-                            "interface")
+        if mode.kind is not None and kind != mode.kind:
+            raise HostError(f"{ifname} is an existing {kind or 'physical'} link, not a "
+                            f"{mode.kind} one: a VIP there would answer ARP and steal the "
+                            "director's traffic; name a dummy or a new interface")
 
     def _stock_bindings(self, wanted: dict, bound, ifname: str) -> list:
         """Addresses the stock ``CreateLVSDummyInterface.sh`` left: a VIP (address ->
@@ -247,16 +255,13 @@ class VipBinder:
                 raise HostError(f"VIP {vip.address} is already bound on "
                                 f"{where[vip.address]}; refusing to bind it twice")
 
-    def _set_sysctls(self, ifname: str, state: State, journal: _Journal,
-                     report: Report) -> None:
-        wanted = arp_keys(ifname)
-        current = self.sysctl.read_many(wanted)
+    def _set_sysctls(self, mode: BindingMode, ifname: str, state: State,
+                     journal: _Journal, report: Report) -> None:
+        current = self.sysctl.read_many(mode.sysctl_keys(ifname))
         missing = [k for k, v in current.items() if v is None]
         if missing:
             raise HostError(f"kernel parameter {missing[0].replace('/', '.')} does not exist")
-        # raise to the value LVS needs, never lower a stricter one (e.g. arp_ignore=8)
-        changes = {k: v for k, v in wanted.items() if not current[k].isdigit()
-                   or int(current[k]) < int(v)}
+        changes = mode.changes(ifname, current)
         if not changes:
             return
         previous = {k: current[k] for k in changes}
@@ -298,7 +303,7 @@ class VipBinder:
             failures.append(str(exc))
         if state.created_link and index is not None:
             try:
-                self._check_kind(state.interface, index)   # never delete another link
+                self._check_kind(DUMMY, state.interface, index)   # never delete another
                 self.host.delete_link(index)
                 report.actions.append(f"deleted dummy link {state.interface}")
                 index = None

@@ -129,6 +129,26 @@ class NetlinkHost:
             raise HostError(f"dummy link {ifname} vanished after creation in {self.where}")
         return index
 
+    def ensure_tunnel(self, ifname: str = "tunl0") -> int:
+        """The IPIP fallback device: asking for an ``ipip`` link makes the kernel load
+        the module, which creates ``tunl0`` in every namespace (so the add itself
+        answers EEXIST).  Never deleted: the kernel owns it."""
+        index = self.link_index(ifname)
+        if index is None:
+            try:
+                self._conn().link("add", ifname=ifname, kind="ipip")
+            except NetlinkError as exc:
+                if exc.code == errno.EOPNOTSUPP:
+                    raise HostError(f"the kernel of {self.where} has no ipip tunnel driver "
+                                    "(module ipip): LVS_MODE=tunnel cannot work") from None
+                if exc.code != errno.EEXIST:
+                    raise HostError(f"creating {ifname} in {self.where}: "
+                                    f"{strerror(exc.code)}") from exc
+            index = self.link_index(ifname)
+        if index is None:
+            raise HostError(f"no {ifname} in {self.where} after loading ipip")
+        return index
+
     def set_up(self, index: int) -> None:
         self._call("bringing a link up", self._conn().link, "set", index=index, state="up")
 

@@ -35,7 +35,7 @@ ENV_DIR = "CARTRIDGE_AGENT_LVS_STATE_DIR"
 @dataclass
 class State:
     interface: str
-    mode: str                                   #: "dummy" or "loopback"
+    mode: str                                   #: a :mod:`.modes` name
     created_link: bool = False
     #: "ADDRESS/PREFIXLEN" bound by us
     addresses: List[str] = field(default_factory=list)
@@ -54,8 +54,8 @@ class State:
 
     def allowed_sysctls(self) -> set:
         """The only parameters the plugin ever changes."""
-        return {f"net/ipv4/conf/{dev}/{key}" for dev in ("all", self.interface)
-                for key in ("arp_ignore", "arp_announce")}
+        from .modes import all_sysctl_keys
+        return all_sysctl_keys(self.interface)
 
 
 def _validate(data: object, path: str) -> State:
@@ -72,7 +72,7 @@ def _validate(data: object, path: str) -> State:
         check_ifname(state.interface, "interface")
     except (TypeError, InputError) as exc:
         raise bad(str(exc)) from None
-    if state.mode not in ("dummy", "loopback") or not isinstance(state.created_link, bool) \
+    if state.mode not in ("dummy", "loopback", "tunnel") or not isinstance(state.created_link, bool) \
             or not isinstance(state.brought_up, bool):
         raise bad("mode/created_link/brought_up of the wrong kind")
     if not (isinstance(state.addresses, list) and isinstance(state.sysctls, dict)

@@ -11,7 +11,8 @@ from typing import Any, Dict, List, Optional
 from ..payload import DEFAULT_INTERFACE
 from .netlink import NetlinkHost
 from .state import StateStore
-from .sysctl import Sysctl, arp_keys
+from .modes import DUMMY, LOOPBACK, TUNNEL, mode_of
+from .sysctl import Sysctl
 
 _LOOPBACK_ADDRS = {"127.0.0.1", "::1"}
 
@@ -30,7 +31,9 @@ def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
             if a.index == index and a.address not in _LOOPBACK_ADDRS and (
                     ifname != "lo" or f"{a.address}/{a.prefixlen}" in recorded or not state):
                 vips.append(f"{a.address}/{a.prefixlen}")
-    values = sysctl.read_many(arp_keys(ifname))
+    mode = mode_of(state.mode) if state else (TUNNEL if ifname == TUNNEL.interface("")
+                                              else LOOPBACK if ifname == "lo" else DUMMY)
+    values = sysctl.read_many(mode.sysctl_keys(ifname))
     effective = {}
     for key in ("arp_ignore", "arp_announce"):
         nums = [int(v) for k, v in values.items() if k.endswith(key) and v is not None]
@@ -42,15 +45,12 @@ def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
         problems.append(f"interface {ifname} is down")
     kind = (host.link_kind(index) if index is not None else None) or \
         ("loopback" if ifname == "lo" else None)
-    if index is not None and kind not in ("dummy", "loopback"):
+    if index is not None and kind not in ("dummy", "loopback", "ipip"):
         problems.append(f"interface {ifname} is a {kind or 'physical'} link: a VIP there "
                         "answers ARP")
     if not vips:
         problems.append("no VIP bound")
-    if (effective["arp_ignore"] or 0) < 1:
-        problems.append("arp_ignore < 1: the host answers ARP for the VIPs")
-    if (effective["arp_announce"] or 0) < 2:
-        problems.append("arp_announce < 2: the host may announce the VIPs")
+    problems += mode.problems(ifname, values)
     return {
         "namespace": host.netns,
         "interface": ifname,
@@ -58,6 +58,7 @@ def inspect(host: NetlinkHost, sysctl: Sysctl, store: StateStore,
         "up": index is not None and host.is_up(index),
         "kind": kind,
         "vips": sorted(vips),
+        "mode": mode.name,
         "sysctls": {k.replace("/", "."): v for k, v in sorted(values.items())},
         "effective": effective,
         "recorded": state is not None,
@@ -72,7 +73,8 @@ def format_status(status: Dict[str, Any]) -> str:
              f"({status['kind'] or 'absent'}, {'up' if status['up'] else 'down'})",
              f"VIPs:       {', '.join(status['vips']) or '(none)'}"]
     lines += [f"sysctl:     {k} = {v}" for k, v in status["sysctls"].items()]
-    verdict = "ready for LVS-DR" if status["ready"] else "NOT ready for LVS-DR: " + \
+    method = "LVS-TUN" if status["mode"] == TUNNEL.name else "LVS-DR"
+    verdict = f"ready for {method}" if status["ready"] else f"NOT ready for {method}: " + \
         "; ".join(status["problems"])
     lines.append(f"verdict:    {verdict}")
     return "\n".join(lines)

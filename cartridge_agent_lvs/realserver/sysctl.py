@@ -18,15 +18,6 @@ T = TypeVar("T")
 PROC_SYS = "/proc/sys"
 
 
-def arp_keys(ifname: str) -> Dict[str, str]:
-    """The ARP parameters LVS-DR needs, for ``all`` and *ifname*: name -> value."""
-    wanted = {}
-    for dev in ("all", ifname):
-        wanted[f"net/ipv4/conf/{dev}/arp_ignore"] = "1"
-        wanted[f"net/ipv4/conf/{dev}/arp_announce"] = "2"
-    return wanted
-
-
 class Sysctl:
     def __init__(self, netns: Optional[str] = None, root: str = PROC_SYS) -> None:
         self.netns = netns

@@ -65,13 +65,11 @@ def snapshot(ns: str) -> tuple:
     return addresses(ns), routes(ns), sysctls(ns)
 
 
-@pytest.fixture
-def fake_dummy_driver(mocker):
-    """The host kernel has no dummy driver: a 'dummy' link is created as an ifb link
-    (another virtual device the host kernel has), and an ifb link reads back as kind
-    'dummy', so the dummy path -- create, bring up, bind, sysctls on the new link,
-    delete, the stock extension's dummy0 -- runs against real netlink.  Returns the
-    list of link kinds requested."""
+def _fake_driver(mocker, kind: str) -> list:
+    """The host kernel lacks the *kind* link driver: such a link is created as an ifb
+    link (another virtual device the host kernel has), and an ifb link reads back as
+    *kind*, so the path -- create, bring up, bind, sysctls on the link, delete --
+    runs against real netlink.  Returns the list of link kinds requested."""
     requested = []
     real_conn = NetlinkHost._conn
 
@@ -85,7 +83,7 @@ def fake_dummy_driver(mocker):
         def link(self, command, **kwargs):
             if command == "add":
                 requested.append(kwargs.get("kind"))
-                if kwargs.get("kind") == "dummy":
+                if kwargs.get("kind") == kind:
                     kwargs["kind"] = "ifb"
             return self._ipr.link(command, **kwargs)
 
@@ -93,6 +91,20 @@ def fake_dummy_driver(mocker):
                         side_effect=lambda self: Rtnl(real_conn(self)))
     real_kind = NetlinkHost.link_kind
     mocker.patch.object(NetlinkHost, "link_kind", autospec=True,
-                        side_effect=lambda self, index: {"ifb": "dummy"}.get(
+                        side_effect=lambda self, index: {"ifb": kind}.get(
                             real_kind(self, index), real_kind(self, index)))
     return requested
+
+
+@pytest.fixture
+def fake_dummy_driver(mocker):
+    """No dummy driver on the host kernel: dummy links are ifb links that read back as
+    dummy (the stock extension's dummy0 too)."""
+    return _fake_driver(mocker, "dummy")
+
+
+@pytest.fixture
+def fake_ipip_driver(mocker):
+    """No ipip driver on the host kernel: ``tunl0`` is an ifb link that reads back as
+    ipip (the kernel VM runs the real one)."""
+    return _fake_driver(mocker, "ipip")

@@ -235,3 +235,54 @@ def test_an_existing_nic_named_in_the_payload_is_refused(netns, state_dir, fake_
     with pytest.raises(HostError, match="eth0 is an existing veth link, not a dummy"):
         binder(netns, state_dir).apply(request(LVS_INTERFACE="eth0"))
     assert snapshot(netns) == before and binder(netns, state_dir).store.load() is None
+
+
+# -- tunnel mode (LVS-TUN) ---------------------------------------------------------------
+
+def _set(ns, key, value):
+    import subprocess
+    subprocess.run(["ip", "netns", "exec", ns, "sh", "-c",
+                    f"echo {value} > /proc/sys/net/ipv4/conf/{key}"], check=True)
+
+
+def _read(ns, key):
+    import subprocess
+    return subprocess.run(["ip", "netns", "exec", ns, "cat", f"/proc/sys/net/ipv4/conf/{key}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_tunnel_mode_binds_on_tunl0_loosens_rp_filter_and_restores(netns, state_dir,
+                                                                   fake_ipip_driver):
+    from cartridge_agent_lvs.realserver.status import inspect
+    _set(netns, "all/rp_filter", 1)                   # a strict host, as many are
+    b = binder(netns, state_dir)
+    report = b.apply(request("192.168.56.40|255.255.255.0", LVS_MODE="tunnel"))
+    assert fake_ipip_driver == ["ipip"] and report.mode == "tunnel"
+    assert _v4(addresses(netns)["tunl0"]) == ["192.168.56.40/32"]
+    assert _read(netns, "all/rp_filter") == "2" and _read(netns, "tunl0/rp_filter") in "02"
+    assert _read(netns, "tunl0/arp_ignore") == "1" and _read(netns, "all/arp_announce") == "2"
+    status = inspect(b.host, b.sysctl, b.store)
+    assert status["ready"] and status["mode"] == "tunnel" and status["kind"] == "ipip", status
+    b.remove()
+    assert _read(netns, "all/rp_filter") == "1"
+    assert "tunl0" in addresses(netns) and not _v4(addresses(netns)["tunl0"])
+    status = inspect(b.host, b.sysctl, b.store, interface="tunl0")
+    assert not status["ready"] and any("rp_filter is strict" in p for p in status["problems"])
+
+
+def test_tunnel_mode_without_the_ipip_driver_is_one_line(netns, state_dir):
+    """The host kernel really has no ipip: nothing is changed."""
+    before = snapshot(netns)
+    with pytest.raises(HostError, match="no ipip tunnel driver"):
+        binder(netns, state_dir).apply(request("192.168.56.40", LVS_MODE="tunnel"))
+    assert snapshot(netns) == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"LVS_VIRTUAL_IP": "fd99::100"}, "IPv4 only"),
+    ({"LVS_INTERFACE": "eth0"}, "binds the VIPs on tunl0"),
+])
+def test_tunnel_mode_payload_errors(extra, message):
+    values = {"LVS_VIRTUAL_IP": "192.168.56.40", "LVS_MODE": "tunnel", **extra}
+    with pytest.raises(PayloadError, match=message):
+        lvs_request(values)
