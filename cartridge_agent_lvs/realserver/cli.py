@@ -27,7 +27,7 @@ from ..pluginmanager import BUILTIN, Context, failure_line, fire
 from . import pca
 from .netlink import NetlinkHost
 from .state import StateStore
-from .status import format_status, inspect
+from .status import format_status, inspect, write_textfile
 from .sysctl import Sysctl
 
 PROG = "cartridge-agent-lvs"
@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                          "its changes (default /var/lib/cartridge-agent-lvs)")
     status = verb("status", "show interface, VIPs, sysctls and an LVS-DR verdict", None)
     status.add_argument("--json", action="store_true", help="one JSON document")
+    status.add_argument("--prometheus", metavar="FILE", help="also write the verdict, "
+                        "VIPs and sysctls to FILE in node_exporter's textfile format "
+                        "(atomically; e.g. /var/lib/node_exporter/textfile/lvs.prom)")
     demo = verbs.add_parser("demo", help="apply a sample payload in a throwaway network "
                             "namespace, show the result, clean up")
     demo.add_argument("--payload", metavar="FILE",
@@ -185,6 +188,8 @@ def _inspect(context: Context) -> dict:
 def _status(args) -> int:
     status = _inspect(_context(args))
     print(json.dumps(status, indent=2, sort_keys=True) if args.json else format_status(status))
+    if args.prometheus:
+        write_textfile(status, args.prometheus)
     return 0
 
 

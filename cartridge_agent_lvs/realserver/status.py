@@ -78,3 +78,31 @@ def format_status(status: Dict[str, Any]) -> str:
         "; ".join(status["problems"])
     lines.append(f"verdict:    {verdict}")
     return "\n".join(lines)
+
+
+#: the prefix of every metric the real-server wing writes
+METRIC_PREFIX = "cartridge_agent_lvs"
+
+
+def write_textfile(status: Dict[str, Any], path: str) -> None:
+    """The verdict, VIPs and kernel parameters in node_exporter's textfile format,
+    written atomically (prometheus_client writes a temporary file and renames it)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+    registry = CollectorRegistry()
+    labels = {"interface": status["interface"], "mode": status["mode"]}
+    ready = Gauge(f"{METRIC_PREFIX}_ready", "1 when this host is set up to serve its VIPs "
+                  "(cartridge-agent-lvs status verdict)", list(labels), registry=registry)
+    ready.labels(**labels).set(1 if status["ready"] else 0)
+    problems = Gauge(f"{METRIC_PREFIX}_problems", "problems found by the status verdict",
+                     registry=registry)
+    problems.set(len(status["problems"]))
+    vip = Gauge(f"{METRIC_PREFIX}_vip", "a VIP bound on the LVS interface",
+                ["vip", "interface"], registry=registry)
+    for entry in status["vips"]:
+        vip.labels(vip=entry, interface=status["interface"]).set(1)
+    sysctl = Gauge(f"{METRIC_PREFIX}_sysctl", "a kernel parameter LVS depends on",
+                   ["name"], registry=registry)
+    for name, value in status["sysctls"].items():
+        if value is not None and value.lstrip("-").isdigit():
+            sysctl.labels(name=name).set(int(value))
+    write_to_textfile(path, registry)

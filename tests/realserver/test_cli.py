@@ -137,3 +137,24 @@ def test_agent_event_answers_one_json_line(capsys, monkeypatch, netns, state_dir
         if stdin.startswith('{"EVENT": "InstanceStartedEvent", "LVS_VIRTUAL_IP": "192'):
             assert "192.168.56.40/32" in addresses(netns)["lo"]
     assert snapshot(netns) == before
+
+
+def test_status_writes_node_exporter_textfile(capsys, netns, state_dir, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    prom = tmp_path / "lvs.prom"
+    where = ("--netns", netns, "--state-dir", state_dir)
+    cli(capsys, "apply", "--payload", sample("several-vips.launch-params"), *where)
+    assert cli(capsys, "status", "--prometheus", str(prom), *where)[0] == 0
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+    assert samples[("cartridge_agent_lvs_ready", (("interface", "lo"), ("mode", "loopback")))] == 1
+    assert samples[("cartridge_agent_lvs_problems", ())] == 0
+    assert samples[("cartridge_agent_lvs_vip", (("interface", "lo"),
+                                                ("vip", "192.168.56.41/32")))] == 1
+    assert samples[("cartridge_agent_lvs_sysctl",
+                    (("name", "net.ipv4.conf.all.arp_ignore"),))] == 1
+    cli(capsys, "remove", *where)
+    cli(capsys, "status", "--prometheus", str(prom), *where)
+    text = prom.read_text()
+    assert "cartridge_agent_lvs_ready{" in text and "} 0.0" in text.split("_ready{")[1][:80]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lvs.prom", "state"]  # no temp left
