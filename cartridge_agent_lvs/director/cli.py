@@ -26,7 +26,6 @@ from typing import Optional, Sequence
 from ..clikit import verb_parser
 from ..errors import InputError, LvsError, TopologyError
 from . import settings as settings_mod
-from .feeds import redact_urls
 from .files import open_regular
 from .keepalived import Keepalived, ValidationError
 
@@ -82,7 +81,7 @@ def _planned(args, settings):
     result = plan(settings, read_topology(args.topology))
     for warning in result.warnings:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    return result.config, render(settings, result.config)
+    return result.config, render(result.config)
 
 
 def _render(args, settings) -> int:
@@ -104,37 +103,10 @@ def _run(args, settings) -> int:
 
 
 def _settings(args, settings) -> int:
-    """Config-file lines; a secret is commented out and masked (a copy of the output
-    must not set a wrong password either)."""
-    for option in settings_mod.OPTIONS:
-        value = getattr(settings, option.name)
-        line = f"{option.name} = {_config_value(option.name, value)}"
-        if option.secret and value is not None:
-            line = f"# {option.name} = *** (not shown)"
-        elif redact_urls(line) != line:
-            line = f"# {redact_urls(line)} (credentials not shown)"
+    """Config-file lines (secrets masked), ``[service NAME]`` sections included."""
+    for line in settings_mod.config_lines(settings):
         print(line)
     return 0
-
-
-def _config_value(name: str, value) -> str:
-    """A parsed value written back the way the config file takes it."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if name == "vip_map":
-        return ",".join(f"{svc}|{vip}" for svc, vip in value)
-    if name == "mqtt":
-        return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
-    if name == "reload_command":
-        import shlex
-        return shlex.join(value)
-    if name == "sorry_server":
-        return f"{value[0]} {value[1]}"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _stats(args) -> int:

@@ -4,17 +4,25 @@ The planner is the gate between what Stratos says and what keepalived gets: ever
 member field that reaches the model is validated here (address parsed, port
 1-65535, ids against the safe-name pattern).  A member that fails is skipped with a
 warning naming it; it cannot hide the others, and nothing it carries can reach
-``keepalived.conf``.
+``keepalived.conf``.  It also resolves the settings into the model: each virtual
+server gets its service's :class:`~.model.Policy` (a ``[service NAME]`` section's
+values, else the global ones) and the config the :class:`~.model.Vrrp` part, so the
+renderer reads nothing else.
 
 Rules (see the keepalived notes in the README):
 
-* only mapped services, only ``Active`` members, all clusters of a service;
+* only mapped services, only ``Active`` members, all clusters of a service -- less
+  what the filters leave out: ``cluster_ids`` (other clusters) and
+  ``network_partition_id`` (members of other network partitions; a member without
+  one is kept, as Stratos' own filter does);
 * the member address follows ``loadBalancingIPType``, must be of the VIP's family and
   must not be the VIP itself (IPVS would forward to itself; warned, skipped);
 * one virtual server per proxy port of the service ``portMap`` (or, without one, of its
   members'); with DR and TUN the real server is rendered on the *proxy* port (the
-  packet reaches it unchanged) and a member whose port differs is warned about; NAT
-  keeps proxy -> value;
+  packet reaches it unchanged) and the members whose port differs are warned about,
+  one line per service and port; NAT keeps proxy -> value;
+* the same goes for a ``sorry_server``: under DR/TUN it is rendered on the virtual
+  server's port (warned when its configured port differs);
 * members sharing an IP:port are rendered once;
 * a virtual server without Active members is not rendered (keepalived rejects it) --
   warned about instead;
@@ -24,16 +32,18 @@ Rules (see the keepalived notes in the README):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass, fields, replace
+from typing import Dict, List, Optional, Set, Tuple
 
 from ..addresses import check_safe_name, parse_host_ip, parse_port
 from ..errors import InputError, SettingsError
-from .model import LvsConfig, RealServer, VirtualServer
+from .model import HealthCheck, LvsConfig, Policy, RealServer, VirtualServer, Vrrp
 from .topology import Member, Port, Service, Topology
 
 _PROTOCOLS = {"tcp": "TCP", "http": "TCP", "https": "TCP", "ws": "TCP", "wss": "TCP",
               "udp": "UDP", "sctp": "SCTP"}
+
+PortKey = Tuple[str, int, str]      #: (service, proxy port, protocol)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,33 @@ def _q(value: object) -> str:
 def ip_sort_key(address: str) -> Tuple[int, int]:
     ip = ipaddress.ip_address(address)
     return ip.version, int(ip)
+
+
+def _family(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def vrrp_of(settings) -> Vrrp:
+    """The VRRP / ``global_defs`` part of the model (fields named like the settings)."""
+    return Vrrp(**{f.name: getattr(settings, f.name) for f in fields(Vrrp)})
+
+
+def policy_of(service_settings, vip: str) -> Policy:
+    """One service's resolved settings as the model of its virtual servers.
+
+    A ``sorry_server`` of the other address family than *vip* is left out (keepalived
+    would ignore it).
+    """
+    s = service_settings
+    sorry = s.sorry_server
+    if sorry is not None and _family(sorry[0]) != _family(vip):
+        sorry = None
+    check = None
+    if s.health_check != "NONE":
+        check = HealthCheck(s.health_check, s.http_path, s.http_status, s.connect_timeout,
+                            s.retry)
+    return Policy(s.scheduler, s.forwarding_method, s.persistence_timeout, s.delay_loop,
+                  sorry, check)
 
 
 def _protocol(port: Port, default: str) -> str:
@@ -85,12 +122,24 @@ class _Planner:
         self.settings = settings
         self.warnings: List[str] = []
         self.claims: Dict[Tuple[str, int, str], str] = {}
-        #: member id -> ["80 -> 8080", ...]: ports DR/TUN cannot map
-        self.unmapped: Dict[str, List[str]] = {}
+        #: (service, proxy, protocol) -> {member port: member ids}: ports DR/TUN cannot map
+        self.unmapped: Dict[PortKey, Dict[int, Set[str]]] = {}
+        self.methods: Dict[str, str] = {}
+        clusters, partitions = settings.cluster_ids, settings.network_partition_id
+        self.clusters = frozenset(clusters) if clusters else None
+        self.partitions = frozenset(partitions) if partitions else None
+
+    def served(self, member: Member) -> bool:
+        """Whether the filters leave *member* in (a member without a network partition
+        is kept, as Stratos' member filter does)."""
+        if self.clusters is not None and member.cluster_id not in self.clusters:
+            return False
+        return (self.partitions is None or not member.network_partition_id
+                or member.network_partition_id in self.partitions)
 
     def member_address(self, member: Member, vip: str) -> Optional[str]:
         """The member's validated address for *vip*, or None (warned)."""
-        version = ipaddress.ip_address(vip).version
+        version = _family(vip)
         where = f"member {_q(member.member_id)} of cluster {_q(member.cluster_id)}"
         try:
             check_safe_name(member.member_id, "memberId")
@@ -119,7 +168,9 @@ class _Planner:
             return None
         return ip.compressed
 
-    def real_port(self, member: Member, proxy: int, service_port: Port) -> Optional[int]:
+    def real_port(self, member: Member, key: PortKey, service_port: Port,
+                  method: str) -> Optional[int]:
+        _, proxy, _ = key
         raw = _member_port(member, proxy, service_port)
         try:
             value = parse_port(raw, "port")
@@ -127,22 +178,25 @@ class _Planner:
             self.warnings.append(f"skipped member {_q(member.member_id)} on port {proxy}: "
                                  f"its port {_q(raw)} is not a port 1-65535")
             return None
-        if self.settings.forwarding_method == "NAT":
+        if method == "NAT":
             return value
         if value != proxy:
-            mapping = f"{proxy} -> {value}"
-            seen = self.unmapped.setdefault(member.member_id, [])
-            if mapping not in seen:
-                seen.append(mapping)
+            self.unmapped.setdefault(key, {}).setdefault(value, set()).add(member.member_id)
         return proxy
 
     def port_warnings(self) -> None:
-        method = self.settings.forwarding_method
-        for member_id, mappings in sorted(self.unmapped.items()):
+        """One line per service and port whose members DR/TUN cannot reach as mapped."""
+        for (name, proxy, protocol), targets in sorted(self.unmapped.items()):
+            method = self.methods[name]
+            count = len(set().union(*targets.values()))
+            listen = ", ".join(f"{port} ({len(ids)})" if len(targets) > 1 else str(port)
+                               for port, ids in sorted(targets.items()))
             self.warnings.append(
-                f"member {member_id} maps ports {', '.join(mappings)}, but with {method} the "
-                "real server receives packets on the virtual port unchanged: it must "
-                "accept connections on the virtual (proxy) port")
+                f"service {name!r} port {proxy}/{protocol}: {count} member"
+                f"{'s' if count > 1 else ''} listen{'' if count > 1 else 's'} on {listen}, "
+                f"but with {method} the real server receives packets on port {proxy} "
+                f"unchanged: {'they' if count > 1 else 'it'} must accept connections on "
+                f"port {proxy} (or use forwarding_method NAT)")
 
     def claim(self, key: Tuple[str, int, str], service: str) -> None:
         other = self.claims.setdefault(key, service)
@@ -153,32 +207,55 @@ class _Planner:
                                 f"{vip}:{port}/{protocol}")
 
     def virtual_servers(self, name: str, vip: str, service: Service) -> List[VirtualServer]:
+        svc = self.settings.for_service(name)
+        policy = policy_of(svc, vip)
+        self.methods[name] = svc.forwarding_method
         members = service.members()
         active = [m for m in members if m.active]
-        addresses = {m.member_id: self.member_address(m, vip) for m in active}
+        served = [m for m in active if self.served(m)]
+        filtered = len(active) - len(served)
+        addresses = {m.member_id: self.member_address(m, vip) for m in served}
         result = []
-        ports = _proxy_ports(service, members, self.warnings, self.settings.protocol)
+        ports = _proxy_ports(service, members, self.warnings, svc.protocol)
         if not ports:
             self.warnings.append(f"service {name!r} has no ports in its portMap: nothing "
                                  f"to serve on {vip}")
         for (proxy, protocol), service_port in sorted(ports.items()):
             self.claim((vip, proxy, protocol), name)
             real: Dict[Tuple[str, int], RealServer] = {}
-            for member in active:
+            for member in served:
                 address = addresses[member.member_id]
-                port = address and self.real_port(member, proxy, service_port)
+                port = address and self.real_port(member, (name, proxy, protocol),
+                                                  service_port, svc.forwarding_method)
                 if address and port:
                     real.setdefault((address, port), RealServer(
-                        address, port, self.settings.weight, member.member_id,
-                        member.cluster_id))
+                        address, port, svc.weight, member.member_id, member.cluster_id))
             if not real:
+                why = (f" ({filtered} Active member{'s' if filtered > 1 else ''} left out "
+                       "by cluster_ids / network_partition_id)" if filtered else "")
                 self.warnings.append(
                     f"service {name!r}: no Active member to serve {vip} port {proxy}/"
-                    f"{protocol}; not rendered (keepalived rejects an empty virtual server)")
+                    f"{protocol}{why}; not rendered (keepalived rejects an empty virtual "
+                    "server)")
                 continue
             result.append(VirtualServer(vip, proxy, protocol, name, tuple(
-                sorted(real.values(), key=lambda rs: (ip_sort_key(rs.ip), rs.port)))))
+                sorted(real.values(), key=lambda rs: (ip_sort_key(rs.ip), rs.port))),
+                self.sorry_on(policy, name, proxy)))
         return result
+
+    def sorry_on(self, policy: Policy, name: str, proxy: int) -> Policy:
+        """*policy* for the virtual server on port *proxy*: under DR/TUN the sorry
+        server, like a real server, receives packets on that port unchanged (keepalived
+        resets a differing port, with a warning that fails ``-t``), so it is rendered
+        there, and a differing configured port is warned about."""
+        sorry = policy.sorry_server
+        if sorry is None or policy.forwarding_method == "NAT" or sorry[1] == proxy:
+            return policy
+        self.warnings.append(
+            f"service {name!r} port {proxy}: sorry_server {sorry[0]} {sorry[1]}, but with "
+            f"{policy.forwarding_method} it receives packets on port {proxy} unchanged: "
+            f"rendered as {sorry[0]} {proxy}")
+        return replace(policy, sorry_server=(sorry[0], proxy))
 
 
 def plan(settings, topology: Topology) -> Plan:
@@ -194,4 +271,5 @@ def plan(settings, topology: Topology) -> Plan:
     planner.port_warnings()
     servers.sort(key=lambda vs: (ip_sort_key(vs.vip), vs.port, vs.protocol))
     vips = tuple(sorted({vip for _, vip in settings.vip_map}, key=ip_sort_key))
-    return Plan(LvsConfig(tuple(servers), vips), tuple(planner.warnings))
+    return Plan(LvsConfig(tuple(servers), vips, vrrp_of(settings)),
+                tuple(planner.warnings))

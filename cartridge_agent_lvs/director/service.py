@@ -33,6 +33,7 @@ import queue
 import signal
 import threading
 import time
+from dataclasses import replace
 from typing import Callable, Dict, Optional, Set
 
 from ..errors import HostError, LvsError, SettingsError, TopologyError
@@ -41,7 +42,7 @@ from .drain import Drain
 from .feeds import Backoff, Feed, FeedUpdate
 from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
-from .plan import plan
+from .plan import plan, vrrp_of
 from .render import RenderedFileError, parse_rendered, render
 from .settings import read_secret
 from .topology import Topology, apply_event, parse_topology
@@ -183,7 +184,8 @@ class Director:
         try:
             text = self.keepalived.current()
             if text is not None:
-                config = parse_rendered(text)
+                # the file's virtual servers; the VRRP part is always the current one
+                config = replace(parse_rendered(text), vrrp=vrrp_of(self.settings))
                 self.guard.seed(config)
                 log.info("mass-removal guard baseline: %d real servers in %d virtual "
                          "servers, from the live %s", config.real_server_count(),
@@ -304,7 +306,7 @@ class Director:
         self._warned = warnings
         decision = self.guard.check(result.config, now)
         config = self.drain.apply(decision.config, now)
-        text = render(self.settings, config)
+        text = render(config)
         if text == self._applied_text and not force:
             return
         try:

@@ -1,19 +1,25 @@
-"""Director settings: one table of options -> config file keys, CLI flags, defaults.
+"""Director settings: each one declared once, as an :class:`Option` in :data:`OPTIONS`.
 
-Every setting is declared once in :data:`OPTIONS` with its parser, default and help.
-From that table come
+An option names its key, parser, default, help, group, aliases and scope (global, or
+also per service).  Everything else is generated from that one declaration:
 
+* :class:`Settings` and :class:`ServiceSettings` (frozen dataclasses, one field per
+  option);
 * the config file format: ``key = value`` lines, ``#`` / ``;`` comments, keys spelt
-  with ``_`` or ``-`` (the Java extension's property names, e.g.
-  ``lvs.service.virtualip.set``, are accepted as aliases);
-* the command-line flags (``--vip-map`` for ``vip_map`` ...), see :func:`add_arguments`;
-* the README table of keys and defaults (``lvs-extension settings`` prints it).
+  with ``_`` or ``-`` or as a declared alias (the Java extension's property names,
+  e.g. ``lvs.service.virtualip.set``); after the global keys, ``[service NAME]``
+  sections override the per-service options for one service of ``vip_map``;
+* the command-line flags (``--vip-map`` for ``vip_map``, plus declared aliases such
+  as ``--http``), see :func:`add_arguments`;
+* the README table (:func:`reference_table`), the shipped example config
+  (:func:`example_config`) and ``lvs-extension settings`` (:func:`config_lines`).
 
-Precedence: defaults < config file < command line.  Every value is parsed here, once:
-whatever reaches :class:`Settings` is valid, so nothing downstream re-checks it and
-nothing a user types can add a directive to ``keepalived.conf``.  A bad value raises
-:class:`~cartridge_agent_lvs.errors.SettingsError` naming the key (or flag), the value
-and the file:line it came from.
+Precedence: defaults < config file < command line for the global values; a
+``[service NAME]`` key wins over the global value for that service.  Every value is
+parsed here, once: whatever reaches :class:`Settings` is valid, so nothing downstream
+re-checks it and nothing a user types can add a directive to ``keepalived.conf``.  A
+bad value raises :class:`~cartridge_agent_lvs.errors.SettingsError` naming the key (or
+flag), the value and the file:line it came from.
 """
 
 from __future__ import annotations
@@ -22,8 +28,9 @@ import argparse
 import ipaddress
 import re
 import shlex
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+import textwrap
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..addresses import check_ifname, check_safe_name, parse_host_ip, parse_port
 from ..errors import SettingsError
@@ -236,6 +243,20 @@ def vip_map(value, key, source, line) -> Tuple[Tuple[str, str], ...]:
     return tuple(sorted(result.items()))
 
 
+def id_list(value, key, source, line) -> Tuple[str, ...]:
+    """Stratos ids (cluster ids, network partition ids) separated by commas or
+    whitespace, or a list; returned sorted, each checked against the safe-name pattern."""
+    items = re.split(r"[,\s]+", value.strip()) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        _fail(value, key, source, line, "must be ids separated by ','")
+    where = _at(source, line)
+    result = {check_safe_name(item, key, error=SettingsError, source=where)
+              for item in items if item != ""}
+    if not result:
+        _fail(value, key, source, line, "must name at least one id")
+    return tuple(sorted(result))
+
+
 def read_secret(path: str, key: str) -> str:
     """The first line of a password/token file; ``SettingsError`` naming *key* and the
     path (never the content) when it cannot be read."""
@@ -254,10 +275,57 @@ def _at(source: Optional[str], line: Optional[int]) -> Optional[str]:
     return source
 
 
-# -- the table --------------------------------------------------------------------
+# -- how a parsed value is written back (config file, README, example) --------------
+
+def show(value: Any) -> str:
+    """A parsed value as the config file takes it back."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _show_vip_map(value) -> str:
+    return ",".join(f"{svc}|{vip}" for svc, vip in value)
+
+
+def _show_endpoints(value) -> str:
+    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
+
+
+def _show_words(value) -> str:
+    return shlex.join(value)
+
+
+def _show_pair(value) -> str:
+    return f"{value[0]} {value[1]}"
+
+
+def _show_ids(value) -> str:
+    return ",".join(value)
+
+
+# -- the declaration ----------------------------------------------------------------
+
+GLOBAL, PER_SERVICE = "global", "per service"
+
 
 @dataclass(frozen=True)
 class Option:
+    """One setting, declared once.
+
+    :param aliases: other spellings: config-file keys (``lvs.service.virtualip.set``)
+        and, starting with ``--``, extra flags (``--http``).
+    :param scope: :data:`GLOBAL`, or :data:`PER_SERVICE` for options a
+        ``[service NAME]`` section may override.
+    :param display: writes a parsed value back as the config file takes it.
+    :param example: the value ``deploy/lvs-extension.conf.example`` sets (the other
+        keys are shown commented out, with their default).
+    """
+
     name: str
     parse: Parser
     default: Any
@@ -265,22 +333,61 @@ class Option:
     group: str
     metavar: Optional[str] = None
     secret: bool = False        #: never printed (``lvs-extension settings`` masks it)
+    aliases: Tuple[str, ...] = ()
+    scope: str = GLOBAL
+    display: Callable[[Any], str] = show
+    example: Optional[str] = None
+
+    @property
+    def flags(self) -> Tuple[str, ...]:
+        return ("--" + self.name.replace("_", "-"),) + tuple(
+            a for a in self.aliases if a.startswith("--"))
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flags[0]
+
+    @property
+    def keys(self) -> Tuple[str, ...]:
+        """Every spelling a config file may use for this option."""
+        names = (self.name,) + tuple(a for a in self.aliases if not a.startswith("--"))
+        return tuple(dict.fromkeys(n for name in names
+                                   for n in (name, name.replace("_", "-"))))
+
+    @property
+    def per_service(self) -> bool:
+        return self.scope == PER_SERVICE
+
+    def format(self, value: Any) -> str:
+        return "none" if value is None else self.display(value)
 
 
-_G_SVC, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP = (
-    "services", "VRRP (director high availability)", "IPVS virtual servers",
-    "health checks", "keepalived", "topology feed", "service loop")
+_G_SVC, _G_FILTER, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP = (
+    "services", "topology filters (the subset of the topology this director serves)",
+    "VRRP (director high availability)", "IPVS virtual servers", "health checks",
+    "keepalived", "topology feed", "service loop")
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo",
+              "ovf", "twos")
+METHODS = ("DR", "NAT", "TUN")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+CHECKS = ("TCP_CHECK", "HTTP_GET", "SSL_GET", "UDP_CHECK", "NONE")
 
 OPTIONS: Tuple[Option, ...] = (
     Option("vip_map", vip_map, None, "service -> VIP map, 'svc|VIP,svc|VIP' (mandatory)",
-           _G_SVC, "MAP"),
+           _G_SVC, "MAP", aliases=("lvs.service.virtualip.set",), display=_show_vip_map,
+           example="tomcat|192.168.56.40,php|192.168.56.41"),
+    # filters
+    Option("network_partition_id", optional(id_list), None,
+           "serve only members of these network partitions ('np1,np2'; a member "
+           "without one is kept, as in Stratos)", _G_FILTER, "IDS",
+           aliases=("network.partition.id",), display=_show_ids),
+    Option("cluster_ids", optional(id_list), None,
+           "serve only these clusters ('c1,c2'; Stratos' cluster-id filter)", _G_FILTER,
+           "IDS", aliases=("cluster-id",), display=_show_ids),
     # VRRP
     Option("state", choice("MASTER", "BACKUP", case=False), "MASTER",
-           "initial VRRP role of this director", _G_VRRP),
+           "initial VRRP role of this director", _G_VRRP, aliases=("server.state",)),
     Option("priority", integer(1, 254), 100, "VRRP priority (the higher wins)", _G_VRRP),
     Option("virtual_router_id", integer(1, 255), 51,
            "VRRP virtual router id, the same on every director of the pair", _G_VRRP),
@@ -305,47 +412,53 @@ OPTIONS: Tuple[Option, ...] = (
            "(lvs_sync_daemon), so a new MASTER knows the established connections",
            _G_VRRP, "IFACE"),
     # IPVS
-    Option("scheduler", choice("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed",
-                               "nq", "mh", "fo", "ovf", "twos"), "rr", "IPVS scheduler",
-           _G_IPVS),
-    Option("forwarding_method", choice("DR", "NAT", "TUN", case=False), "DR",
-           "IPVS forwarding method", _G_IPVS),
-    Option("protocol", choice("TCP", "UDP", "SCTP", case=False), "TCP",
-           "protocol of a port whose portMap protocol is not tcp/udp/sctp/http(s)", _G_IPVS),
+    Option("scheduler", choice(*SCHEDULERS), "rr", "IPVS scheduler", _G_IPVS,
+           aliases=("schedule.algorithm",), scope=PER_SERVICE),
+    Option("forwarding_method", choice(*METHODS, case=False), "DR",
+           "IPVS forwarding method", _G_IPVS, scope=PER_SERVICE),
+    Option("protocol", choice(*PROTOCOLS, case=False), "TCP",
+           "protocol of a port whose portMap protocol is not tcp/udp/sctp/http(s)", _G_IPVS,
+           scope=PER_SERVICE),
     Option("persistence_timeout", integer(0, 31536000), 0,
-           "client affinity in seconds (0 = none)", _G_IPVS),
-    Option("weight", integer(1, 65535), 1, "weight of every real server", _G_IPVS),
+           "client affinity in seconds (0 = none)", _G_IPVS, scope=PER_SERVICE),
+    Option("weight", integer(1, 65535), 1, "weight of every real server", _G_IPVS,
+           scope=PER_SERVICE),
     Option("sorry_server", optional(host_port), None,
            "'IP PORT' served while every real server of a virtual server (of the "
-           "same address family) is down",
-           _G_IPVS, "IP PORT"),
+           "same address family) is down", _G_IPVS, "IP PORT", scope=PER_SERVICE,
+           display=_show_pair),
     # health checks
-    Option("health_check", choice("TCP_CHECK", "HTTP_GET", "SSL_GET", "NONE", case=False),
-           "TCP_CHECK", "health check of every real server", _G_CHECK),
-    Option("http_path", http_path, "/", "URL path of HTTP_GET / SSL_GET", _G_CHECK, "PATH"),
-    Option("http_status", integer(100, 599), 200, "expected HTTP status code", _G_CHECK),
-    Option("delay_loop", integer(1, 86400), 6, "seconds between health checks", _G_CHECK),
+    Option("health_check", choice(*CHECKS, case=False), "TCP_CHECK",
+           "health check of the real servers (UDP_CHECK: a datagram, down on ICMP port "
+           "unreachable)", _G_CHECK, scope=PER_SERVICE),
+    Option("http_path", http_path, "/", "URL path of HTTP_GET / SSL_GET", _G_CHECK, "PATH",
+           scope=PER_SERVICE),
+    Option("http_status", integer(100, 599), 200, "expected HTTP status code", _G_CHECK,
+           scope=PER_SERVICE),
+    Option("delay_loop", integer(1, 86400), 6, "seconds between health checks", _G_CHECK,
+           scope=PER_SERVICE),
     Option("connect_timeout", integer(1, 3600), 3, "health check timeout, seconds",
-           _G_CHECK),
+           _G_CHECK, scope=PER_SERVICE),
     Option("retry", integer(0, 100), 1, "failed checks before a real server is removed",
-           _G_CHECK),
+           _G_CHECK, scope=PER_SERVICE),
     # keepalived
     Option("keepalived_conf", conf_word, "/etc/keepalived/keepalived.conf",
-           "the file written (mode 0600)", _G_KA, "FILE"),
+           "the file written (mode 0600)", _G_KA, "FILE", aliases=("conf.file.path",)),
     Option("keepalived_bin", text, "keepalived", "keepalived binary used for 'keepalived -t'",
            _G_KA, "FILE"),
     Option("keepalived_pidfile", optional(text), "/run/keepalived.pid",
            "pid file of the keepalived to SIGHUP after a change", _G_KA, "FILE"),
     Option("reload_command", optional(command), None,
            "command that reloads keepalived instead of the SIGHUP, e.g. "
-           "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND"),
+           "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND",
+           display=_show_words),
     # feeds
     Option("topology_file", optional(text), None,
            "follow this CompleteTopologyEvent JSON file (re-read on change and SIGHUP)",
            _G_FEED, "FILE"),
     Option("mqtt", optional(endpoints), None,
            "follow the Stratos broker(s) over MQTT, HOST:PORT[,HOST:PORT...]", _G_FEED,
-           "BROKERS"),
+           "BROKERS", display=_show_endpoints, example="127.0.0.1:1883"),
     Option("mqtt_username", optional(text), None, "MQTT user name", _G_FEED, "NAME"),
     Option("mqtt_password_file", optional(text), None,
            "file holding the MQTT password (else $LVS_MQTT_PASSWORD)", _G_FEED, "FILE"),
@@ -354,7 +467,8 @@ OPTIONS: Tuple[Option, ...] = (
     Option("mqtt_client_id", optional(text), None, "MQTT client id (default: random)",
            _G_FEED, "ID"),
     Option("http_url", optional(text), None,
-           "poll a CompleteTopologyEvent JSON document at this URL", _G_FEED, "URL"),
+           "poll a CompleteTopologyEvent JSON document at this URL", _G_FEED, "URL",
+           aliases=("--http",)),
     Option("http_interval", number(0.01, 86400), 5, "seconds between HTTP polls", _G_FEED),
     Option("http_timeout", number(0.01, 3600), 10,
            "HTTP timeout, seconds: for each network wait and for the whole answer", _G_FEED),
@@ -382,77 +496,82 @@ OPTIONS: Tuple[Option, ...] = (
 )
 
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+SERVICE_OPTIONS: Tuple[Option, ...] = tuple(o for o in OPTIONS if o.per_service)
+#: every spelling a config file may use -> option name
+_KEYS: Dict[str, str] = {key: o.name for o in OPTIONS for key in o.keys}
 
-#: property names of the original Java extension, accepted in config files
-ALIASES = {
-    "lvs.service.virtualip.set": "vip_map",
-    "server.state": "state",
-    "schedule.algorithm": "scheduler",
-    "conf.file.path": "keepalived_conf",
-}
-
-
-@dataclass(frozen=True)
-class Settings:
-    vip_map: Tuple[Tuple[str, str], ...]
-    state: str
-    priority: int
-    virtual_router_id: int
-    interface: str
-    auth_pass: Optional[str]
-    auth_pass_file: Optional[str]
-    advert_int: int
-    nopreempt: bool
-    router_id: str
-    sync_interface: Optional[str]
-    scheduler: str
-    forwarding_method: str
-    protocol: str
-    persistence_timeout: int
-    weight: int
-    sorry_server: Optional[Tuple[str, int]]
-    health_check: str
-    http_path: str
-    http_status: int
-    delay_loop: int
-    connect_timeout: int
-    retry: int
-    keepalived_conf: str
-    keepalived_bin: str
-    keepalived_pidfile: Optional[str]
-    reload_command: Optional[Tuple[str, ...]]
-    topology_file: Optional[str]
-    mqtt: Optional[Tuple[Tuple[str, int], ...]]
-    mqtt_username: Optional[str]
-    mqtt_password_file: Optional[str]
-    mqtt_ca_file: Optional[str]
-    mqtt_client_id: Optional[str]
-    http_url: Optional[str]
-    http_interval: float
-    http_timeout: float
-    http_token_file: Optional[str]
-    http_ca_file: Optional[str]
-    quiet_period: float
-    max_delay: float
-    drain_seconds: float
-    mass_removal_threshold: float
-    mass_removal_hold: float
-    allow_mass_removal: bool
-    log_level: str
-
-    @property
-    def services(self) -> Dict[str, str]:
-        """service name -> VIP."""
-        return dict(self.vip_map)
+#: the ``[service NAME]`` sections of the shipped example config and the README
+EXAMPLE_SERVICES: Tuple[Tuple[str, Tuple[Tuple[str, str], ...]], ...] = (
+    ("php", (("health_check", "HTTP_GET"), ("http_path", "/health"),
+             ("scheduler", "wlc"))),
+    ("tomcat", (("persistence_timeout", "300"), ("sorry_server", "192.168.56.200 80"))),
+)
 
 
-assert [f.name for f in fields(Settings)] == [o.name for o in OPTIONS], "table and Settings differ"
+# -- the classes generated from it --------------------------------------------------
+
+Overrides = Tuple[Tuple[str, Tuple[Tuple[str, Any], ...]], ...]
+
+
+def _generated(name: str, options: Tuple[Option, ...], doc: str, extra=(),
+               namespace: Optional[Dict[str, Any]] = None) -> type:
+    cls = make_dataclass(name, [(o.name, Any) for o in options] + list(extra),
+                         frozen=True, namespace=namespace)
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
+
+
+ServiceSettings = _generated(
+    "ServiceSettings", SERVICE_OPTIONS,
+    "The per-service options of one service, resolved: its ``[service NAME]`` value, "
+    "else the global one.")
+
+
+def _services(self) -> Dict[str, str]:
+    """service name -> VIP."""
+    return dict(self.vip_map)
+
+
+def _overrides(self, service: str) -> Dict[str, Any]:
+    """The values a ``[service NAME]`` section sets for *service* (parsed)."""
+    return dict(dict(self.service_overrides).get(service, ()))
+
+
+def _for_service(self, service: str) -> Any:
+    """The :class:`ServiceSettings` of *service*: overrides, else the global values."""
+    given = self.overrides(service)
+    return ServiceSettings(**{o.name: given.get(o.name, getattr(self, o.name))
+                              for o in SERVICE_OPTIONS})
+
+
+Settings = _generated(
+    "Settings", OPTIONS,
+    "Every director setting (one field per option of :data:`OPTIONS`), parsed; "
+    "``service_overrides`` holds the ``[service NAME]`` sections "
+    "(``((service, ((option, value), ...)), ...)``, sorted).",
+    extra=[("service_overrides", Any, field(default=()))],
+    namespace={"services": property(_services), "overrides": _overrides,
+               "for_service": _for_service})
 
 
 # -- sources ------------------------------------------------------------------------
 
-def read_config(path: str) -> Dict[str, Tuple[str, int]]:
-    """``{name: (raw value, line)}`` from a config file; SettingsError on any bad line."""
+_SECTION_RE = re.compile(r"^\[\s*service\s+([^\s\]]+)\s*\]$")
+
+Entries = Dict[str, Tuple[str, int]]
+
+
+@dataclass
+class ConfigFile:
+    """A config file, read: ``{name: (raw value, line)}`` for the global keys, and per
+    ``[service NAME]`` section its header line and entries."""
+
+    values: Entries = field(default_factory=dict)
+    sections: Dict[str, Tuple[int, Entries]] = field(default_factory=dict)
+
+
+def read_config(path: str) -> ConfigFile:
+    """The raw entries of a config file; SettingsError on any bad line."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -460,23 +579,45 @@ def read_config(path: str) -> Dict[str, Tuple[str, int]]:
         raise SettingsError("--config", path, f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise SettingsError("--config", path, "not UTF-8 text") from None
-    found: Dict[str, Tuple[str, int]] = {}
+    config = ConfigFile()
+    found, section = config.values, None
     for number_, raw in enumerate(lines, 1):
         stripped = raw.strip()
         if not stripped or stripped[0] in "#;":
             continue
+        if stripped.startswith("["):
+            section = _section(config, stripped, path, number_)
+            found = config.sections[section][1]
+            continue
         key, sep, value = stripped.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not sep:
             raise SettingsError(key, stripped, "expected 'key = value'", path, number_)
-        name = ALIASES.get(key, key.replace("-", "_"))
-        if name not in BY_NAME:
-            raise SettingsError(key, value.strip(), "unknown setting", path, number_)
+        name = _KEYS.get(key) or _KEYS.get(key.replace("-", "_"))
+        if name is None:
+            raise SettingsError(key, value, "unknown setting", path, number_)
+        if section is not None and not BY_NAME[name].per_service:
+            raise SettingsError(key, value, f"is a global setting, not one of [service "
+                                f"{section}]: put it before the first [service] section",
+                                path, number_)
         if name in found:
-            raise SettingsError(key, value.strip(),
-                                f"set twice (first on line {found[name][1]})", path, number_)
-        found[name] = (value.strip(), number_)
-    return found
+            raise SettingsError(key, value, f"set twice (first on line {found[name][1]})",
+                                path, number_)
+        found[name] = (value, number_)
+    return config
+
+
+def _section(config: ConfigFile, header: str, path: str, line: int) -> str:
+    match = _SECTION_RE.match(header)
+    if not match:
+        raise SettingsError("section", header, "expected '[service NAME]'", path, line)
+    name = check_safe_name(match.group(1), "service", error=SettingsError,
+                           source=_at(path, line))
+    if name in config.sections:
+        raise SettingsError("section", header, f"given twice (first on line "
+                            f"{config.sections[name][0]})", path, line)
+    config.sections[name] = (line, {})
+    return name
 
 
 def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
@@ -484,23 +625,31 @@ def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
 
     *given* is an ``argparse.Namespace`` (attributes named after the options; absent
     or None = not given; ``config`` names the config file) or a plain dict of option
-    names to values (strings or Python values).
+    names to values (strings or Python values), where ``service_overrides`` may map
+    service names to dicts of per-service options.
     """
     values: Dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    overrides: Dict[str, Dict[str, Any]] = {}
+    headers: Dict[str, int] = {}
     if isinstance(given, argparse.Namespace):
         config_path = config_path or getattr(given, "config", None)
         items = {k: v for k, v in vars(given).items() if k in BY_NAME and v is not None}
         flags = True
     else:
         items = dict(given or {})
+        _given_overrides(items.pop("service_overrides", None) or {}, overrides)
         unknown = sorted(set(items) - set(BY_NAME))
         if unknown:
             raise SettingsError(unknown[0], items[unknown[0]], "unknown setting")
         flags = False
     parsed: Dict[str, Any] = {}
     if config_path:
-        for name, (raw, line) in read_config(config_path).items():
-            parsed[name] = BY_NAME[name].parse(raw, name, config_path, line)
+        config = read_config(config_path)
+        parsed.update(_parsed(config.values, config_path))
+        for service, (line, entries) in config.sections.items():
+            headers[service] = line
+            overrides[service] = {**_parsed(entries, config_path),
+                                  **overrides.get(service, {})}
     for name, value in items.items():
         option = BY_NAME[name]
         parsed[name] = option.parse(value, option.flag if flags else name, None, None)
@@ -510,7 +659,33 @@ def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
     if values["vip_map"] is None:
         raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
                             "vip_map in the config file", config_path)
-    return Settings(**values)
+    mapped = dict(values["vip_map"])
+    for service in sorted(overrides):
+        if service not in mapped:
+            raise SettingsError("service", service, "has a [service] section but is not in "
+                                "vip_map", config_path if service in headers else None,
+                                headers.get(service))
+    return Settings(**values, service_overrides=tuple(
+        (service, tuple(sorted(overrides[service].items()))) for service in sorted(overrides)
+        if overrides[service]))
+
+
+def _parsed(entries: Entries, path: str) -> Dict[str, Any]:
+    return {name: BY_NAME[name].parse(raw, name, path, line)
+            for name, (raw, line) in entries.items()}
+
+
+def _given_overrides(given: Mapping[str, Mapping[str, Any]],
+                     into: Dict[str, Dict[str, Any]]) -> None:
+    """``{service: {option: value}}`` from a caller, parsed into *into*."""
+    for service, entries in given.items():
+        check_safe_name(service, "service", error=SettingsError)
+        for name, value in entries.items():
+            option = BY_NAME.get(name)
+            if option is None or not option.per_service:
+                raise SettingsError(name, value, f"not a per-service setting (service "
+                                    f"{service!r})")
+            into.setdefault(service, {})[name] = option.parse(value, name, None, None)
 
 
 def _auth_pass_from_file(values: Dict[str, Any]) -> None:
@@ -522,11 +697,15 @@ def _auth_pass_from_file(values: Dict[str, Any]) -> None:
                                                      "auth_pass_file", path, 1)
 
 
+# -- what is generated from the declaration ------------------------------------------
+
 def add_arguments(parser: argparse.ArgumentParser, exclude: Tuple[str, ...] = ()) -> None:
-    """One flag per option, grouped; values stay strings, :func:`load` parses them."""
+    """One flag (plus aliases) per option, grouped; values stay strings, :func:`load`
+    parses them."""
     groups: Dict[str, Any] = {}
     parser.add_argument("--config", metavar="FILE",
-                        help="config file of 'key = value' lines (flags override it)")
+                        help="config file of 'key = value' lines and [service NAME] "
+                        "sections (flags override its global keys)")
     for option in OPTIONS:
         if option.name in exclude:
             continue
@@ -534,27 +713,94 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Tuple[str, ...] = ()
         if group is None:
             group = groups[option.group] = parser.add_argument_group(option.group)
         extra = dict(nargs="?", const="true") if option.parse is boolean else {}
-        group.add_argument(option.flag, dest=option.name, metavar=option.metavar,
-                           help=f"{option.help} (default: {describe(option)})", **extra)
+        scope = "; per service in [service NAME]" if option.per_service else ""
+        group.add_argument(*option.flags, dest=option.name, metavar=option.metavar,
+                           help=f"{option.help} (default: {describe(option)}{scope})",
+                           **extra)
 
 
 def describe(option: Option) -> str:
     """The default as a user would write it."""
-    value = option.default
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+    return option.format(option.default)
 
 
 def reference_table() -> str:
-    """The reST table of every key, its flag and default (README ``Settings``)."""
-    rows = [(f"``{o.name}``", f"``{o.flag}``", describe(o), o.help) for o in OPTIONS]
-    head = ("key", "flag", "default", "meaning")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    """The reST table of every key, its flags, default and scope (README ``Settings``)."""
+    rows = [(f"``{o.name}``", ", ".join(f"``{f}``" for f in o.flags), describe(o),
+             o.scope, o.help) for o in OPTIONS]
+    head = ("key", "flag", "default", "scope", "meaning")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
     rule = "  ".join("=" * w for w in widths)
     out = [rule, "  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(), rule]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     out.append(rule)
     return "\n".join(out)
+
+
+def _rule(title: str) -> str:
+    return f"# -- {title} ".ljust(82, "-")
+
+
+def _comment(text_: str) -> List[str]:
+    return textwrap.wrap(text_, 86, initial_indent="# ", subsequent_indent="# ")
+
+
+def service_example() -> str:
+    """The ``[service NAME]`` sections of the example config (also in the README)."""
+    blocks = ["\n".join([f"[service {service}]"] + [f"{k} = {v}" for k, v in entries])
+              for service, entries in EXAMPLE_SERVICES]
+    return "\n\n".join(blocks) + "\n"
+
+
+def example_config() -> str:
+    """The text of ``deploy/lvs-extension.conf.example``."""
+    out = [
+        "# lvs-extension configuration: 'key = value' lines; '#' or ';' starts a comment.",
+        "# Every key is also a command-line flag (vip_map -> --vip-map); flags override "
+        "this file.",
+        "# Keys left commented out keep the default shown. Keys marked [per service] can "
+        "also be",
+        "# set for one service in a [service NAME] section at the end of the file.",
+        "# (Generated: python -m cartridge_agent_lvs.director.settings example)"]
+    group = None
+    for o in OPTIONS:
+        if o.group != group:
+            group = o.group
+            out += ["", _rule(group)]
+        out += _comment(o.help + (" [per service]" if o.per_service else ""))
+        out.append(f"{o.name} = {o.example}" if o.example is not None
+                   else f"# {o.name} = {describe(o)}")
+    out += ["", _rule("per-service settings")]
+    out += _comment("A [service NAME] section, for a service of vip_map, sets keys marked "
+                    "[per service] for that service only; the keys it does not set keep "
+                    "the global value. Sections come after every global key.")
+    return "\n".join(out) + "\n" + service_example()
+
+
+def config_lines(settings: Settings) -> List[str]:
+    """The effective settings as config-file lines (``lvs-extension settings``).
+
+    A secret is commented out and masked, a URL with credentials commented out and
+    redacted: a copy of the output must not set a wrong password either.
+    """
+    from .feeds import redact_urls
+
+    def line(option: Option, value: Any) -> str:
+        text_ = f"{option.name} = {option.format(value)}"
+        if option.secret and value is not None:
+            return f"# {option.name} = *** (not shown)"
+        if redact_urls(text_) != text_:
+            return f"# {redact_urls(text_)} (credentials not shown)"
+        return text_
+
+    out = [line(o, getattr(settings, o.name)) for o in OPTIONS]
+    for service, entries in settings.service_overrides:
+        out += ["", f"[service {service}]"]
+        out += [line(BY_NAME[name], value) for name, value in entries]
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover - regenerates the documentation
+    import sys
+    what = sys.argv[1:] or ["example"]
+    print(example_config() if what == ["example"] else reference_table(), end="")

@@ -12,6 +12,13 @@ hide the others.
 Field names are Stratos' Gson names (``serviceMap``, ``clusterIdClusterMap``,
 ``memberMap``, ``memberStateManager.stateStack`` ...): see ``docs/design.rst`` and the
 Stratos notes.  A member's status is the last entry of its state stack.
+
+Clusters enter the topology of Stratos 4.1.6 only through
+``ApplicationClustersCreatedEvent`` (``{"appId", "clusterList": [Cluster...]}``; a
+cluster already known is kept, as Stratos does) and leave through
+``ApplicationClustersRemovedEvent`` (``{"appId", "clusterData": [{"serviceType",
+"clusterId"}...]}`` -- ``serviceType`` names the service) or ``ClusterRemovedEvent``;
+``ClusterCreatedEvent`` (no publisher in 4.1.6) is understood too.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class Member:
     private_ips: Tuple[Any, ...]        #: default first, then memberPrivateIPs
     public_ips: Tuple[Any, ...]
     ports: Tuple[Port, ...]
+    network_partition_id: str = ""      #: "" when Stratos gave none
 
     @property
     def active(self) -> bool:
@@ -115,8 +123,12 @@ def _map(parent: Dict[str, Any], key: str, where: str) -> Dict[str, Any]:
     return {} if value is None else _obj(value, f"{where}.{key}")
 
 
-def _str(parent: Dict[str, Any], key: str, where: str, default: Optional[str] = None) -> str:
+def _str(parent: Dict[str, Any], key: str, where: str, default: Optional[str] = None,
+         nullable: bool = False) -> str:
+    """``parent[key]``, a string; *default* when absent (or null, with *nullable*)."""
     value = parent.get(key, default)
+    if value is None and nullable:
+        value = default
     if not isinstance(value, str):
         raise TopologyError(f"{where}.{key}: expected a string, got {_short(value)}")
     return value
@@ -244,7 +256,8 @@ def _member(raw: Any, where: str, cluster_id: str, service: str,
         lb_ip_type=lb_type,
         private_ips=_ips(raw, "defaultPrivateIP", "memberPrivateIPs", where),
         public_ips=_ips(raw, "defaultPublicIP", "memberPublicIPs", where),
-        ports=_ports(raw.get("portMap"), f"{where}.portMap"))
+        ports=_ports(raw.get("portMap"), f"{where}.portMap"),
+        network_partition_id=_str(raw, "networkPartitionId", where, "", nullable=True))
 
 
 def _cluster(raw: Any, where: str, service: str, default_id: Optional[str] = None) -> Cluster:
@@ -335,6 +348,8 @@ def _member_event(topology: Topology, event: str, payload: Dict[str, Any]) -> To
                           private_ips=fresh.private_ips or old.private_ips,
                           public_ips=fresh.public_ips or old.public_ips,
                           ports=fresh.ports or old.ports,
+                          network_partition_id=(fresh.network_partition_id
+                                                or old.network_partition_id),
                           lb_ip_type=(raw.get("loadBalancingIPType") and fresh.lb_ip_type)
                           or old.lb_ip_type)
         if new == old:
@@ -375,14 +390,62 @@ def apply_event(topology: Topology, event_name: str, payload: Any) -> Topology:
         raw = _obj(data.get("cluster", data), f"{event_name}.cluster")
         cluster = _cluster(raw, event_name, _str(raw, "serviceName", event_name))
         return _with_cluster(topology, cluster)
+    if event_name == "ApplicationClustersCreatedEvent":
+        return _application_clusters_created(topology, data)
+    if event_name == "ApplicationClustersRemovedEvent":
+        return _application_clusters_removed(topology, data)
     # ClusterRemovedEvent
     cluster = _find_cluster(topology, data, event_name)
-    service = topology.services[cluster.service_name]
+    return _without_cluster(topology, cluster.service_name, cluster.cluster_id)
+
+
+def _without_cluster(topology: Topology, service_name: str, cluster_id: str) -> Topology:
+    """*topology* without that cluster; the same object when it has no such cluster."""
+    service = topology.services.get(service_name)
+    if service is None or cluster_id not in service.clusters:
+        return topology
     clusters = dict(service.clusters)
-    del clusters[cluster.cluster_id]
+    del clusters[cluster_id]
     return _with_service(topology, replace(service, clusters=_frozen(clusters)))
+
+
+def _application_clusters_created(topology: Topology, data: Dict[str, Any]) -> Topology:
+    """Every cluster of ``clusterList`` not yet known added to its service.
+
+    All or nothing: a malformed cluster, or one of a service the topology does not
+    have, raises and applies none of them.
+    """
+    event = "ApplicationClustersCreatedEvent"
+    app = _str(data, "appId", event, "", nullable=True)
+    new = topology
+    for i, raw in enumerate(_list(data, "clusterList", event)):
+        where = f"{event}.clusterList[{i}]"
+        raw = _obj(raw, where)
+        cluster = _cluster(raw, where, _str(raw, "serviceName", where))
+        service = new.services.get(cluster.service_name)
+        if service is None:
+            raise TopologyError(f"{where}: unknown service {cluster.service_name!r} "
+                                f"(application {app!r}); no cluster of the event applied")
+        if cluster.cluster_id not in service.clusters:
+            new = _with_cluster(new, cluster)
+    return new
+
+
+def _application_clusters_removed(topology: Topology, data: Dict[str, Any]) -> Topology:
+    """Every cluster of ``clusterData`` removed; unknown ones are already gone."""
+    event = "ApplicationClustersRemovedEvent"
+    removals = []
+    for i, raw in enumerate(_list(data, "clusterData", event)):
+        where = f"{event}.clusterData[{i}]"
+        raw = _obj(raw, where)
+        removals.append((_str(raw, "serviceType", where), _str(raw, "clusterId", where)))
+    for service_name, cluster_id in removals:
+        topology = _without_cluster(topology, service_name, cluster_id)
+    return topology
 
 
 _HANDLED = frozenset(_STATUS_EVENTS) | {"MemberTerminatedEvent", "ServiceCreatedEvent",
                                         "ServiceRemovedEvent", "ClusterCreatedEvent",
-                                        "ClusterRemovedEvent"}
+                                        "ClusterRemovedEvent",
+                                        "ApplicationClustersCreatedEvent",
+                                        "ApplicationClustersRemovedEvent"}

@@ -25,10 +25,12 @@ def _port_map(port: int) -> dict:
     return {str(port): {"protocol": "http", "value": port, "proxy": port}}
 
 
-def member(s: int, i: int, state: str = "Active", port: int = 80) -> dict:
+def member(s: int, i: int, state: str = "Active", port: int = 80, cluster: str = "",
+           network_partition: str = "np1") -> dict:
     ip = member_ip(s, i)
-    return {"serviceName": f"svc{s}", "clusterId": cluster_id(s), "memberId": member_id(s, i),
-            "clusterInstanceId": "app-1", "networkPartitionId": "np1", "partitionId": "p1",
+    return {"serviceName": f"svc{s}", "clusterId": cluster or cluster_id(s),
+            "memberId": member_id(s, i), "clusterInstanceId": "app-1",
+            "networkPartitionId": network_partition, "partitionId": "p1",
             "initTime": 1732406400000, "defaultPrivateIP": ip, "memberPrivateIPs": [ip],
             "defaultPublicIP": f"203.0.113.{i % 250 + 1}",
             "memberPublicIPs": [f"203.0.113.{i % 250 + 1}"],
@@ -77,3 +79,16 @@ def vip(s: int) -> str:
 def vip_map(services: Iterable[int]) -> str:
     """The Stratos ``svc|VIP,svc|VIP`` string."""
     return ",".join(f"svc{s}|{vip(s)}" for s in services)
+
+
+def add_cluster(doc: dict, s: int, cluster: str, members: Iterable[int],
+                network_partition: str = "np1") -> dict:
+    """*doc* with one more cluster of service *s* holding the given Active members."""
+    service = doc["topology"]["serviceMap"][f"svc{s}"]
+    template = next(iter(service["clusterIdClusterMap"].values()))
+    service["clusterIdClusterMap"][cluster] = dict(
+        template, clusterId=cluster,
+        memberMap={member_id(s, i): member(s, i, cluster=cluster,
+                                           network_partition=network_partition)
+                   for i in members})
+    return doc

@@ -218,3 +218,75 @@ def test_sigterm_is_effective_while_the_http_server_trickles(tmp_path):
             proc.wait()
         slow.close()
     assert "Traceback" not in proc.stderr.read()
+
+
+# -- issue 12 ---------------------------------------------------------------------------
+
+PER_SERVICE_CONFIG = f"""\
+vip_map = {SHOP_MAP}
+interface = eth0
+scheduler = wlc
+delay_loop = 10
+
+[service php]
+health_check = HTTP_GET
+http_path = /health
+http_status = 200
+scheduler = lc
+persistence_timeout = 300
+weight = 5
+sorry_server = 192.168.56.200 8080
+
+[service tomcat]
+forwarding_method = NAT
+health_check = SSL_GET
+http_path = /ping
+connect_timeout = 2
+retry = 3
+
+[service dns]
+health_check = UDP_CHECK
+scheduler = sh
+delay_loop = 3
+
+[service mysql]
+health_check = NONE
+"""
+
+
+def test_render_with_service_sections_gives_the_per_service_golden_file(capsys, tmp_path):
+    config = tmp_path / "lvs.conf"
+    config.write_text(PER_SERVICE_CONFIG)
+    code, out, err = run_main(capsys, "render", "--topology", SAMPLE, "--config", str(config))
+    with open(os.path.join(HERE, "golden", "shop-per-service.conf")) as f:
+        assert (code, out) == (0, f.read())
+    assert "sorry_server 192.168.56.200 8080, but with DR" in err
+
+
+def test_settings_round_trip_with_service_sections(capsys, tmp_path):
+    config = tmp_path / "lvs.conf"
+    config.write_text(PER_SERVICE_CONFIG)
+    code, out, _ = run_main(capsys, "settings", "--config", str(config))
+    assert code == 0 and "\n[service php]\n" in out and "sorry_server = 192.168.56.200 8080" in out
+    copy = tmp_path / "copy.conf"
+    copy.write_text(out)
+    code, again, _ = run_main(capsys, "settings", "--config", str(copy))
+    assert (code, again) == (0, out)
+
+
+def test_a_bad_service_section_is_one_line_exit_2(capsys, tmp_path):
+    config = tmp_path / "lvs.conf"
+    config.write_text(PER_SERVICE_CONFIG + "priority = 90\n")
+    code, out, err = run_main(capsys, "render", "--topology", SAMPLE, "--config", str(config))
+    assert code == 2 and out == "" and err.count("\n") == 1 and "Traceback" not in err
+    assert f"{config}:29: priority='90': is a global setting" in err
+
+
+def test_the_documented_run_http_url_command_parses(capsys):
+    """README: ``lvs-extension run ... --http URL`` (was an ambiguous prefix)."""
+    from cartridge_agent_lvs.director.cli import _parser
+    args = _parser().parse_args(["run", "--vip-map", SHOP_MAP, "--http", "http://s/topo"])
+    assert args.http_url == "http://s/topo"
+    code, out, _ = run_main(capsys, "settings", "--vip-map", SHOP_MAP, "--http",
+                            "http://s/topo")
+    assert code == 0 and "http_url = http://s/topo" in out

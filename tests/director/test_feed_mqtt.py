@@ -153,3 +153,31 @@ def test_backoff_is_capped_exponential_with_jitter():
 def test_backoff_rejects_nonsense(kw):
     with pytest.raises(ValueError):
         Backoff(**kw)
+
+
+# -- issue 12: Stratos 4.1.0-4.1.4 never answers the complete-topology request ----------
+
+def test_no_complete_topology_after_connecting_is_said_once_naming_both_causes(
+        broker, feeds, clients, caplog):
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feed, sink = feeds([broker.address], complete_wait=0.5)
+        wait_for(lambda: feed._states.state == "connected", what="connected")
+        clients(broker).publish("MemberActivatedEvent", {"memberId": "m1"})
+        wait_for(lambda: "no CompleteTopologyEvent" in caplog.text, 5, "the warning")
+        time.sleep(1.0)                                   # ... and only once
+    [record] = [r for r in caplog.records if "CompleteTopologyEvent" in r.getMessage()]
+    text = record.getMessage()
+    assert f"0.5s after connecting to 127.0.0.1:{broker.port}" in text
+    assert "(1 other topology messages received)" in text
+    assert "broker or topic is wrong" in text and "Stratos 4.1.0-4.1.4" in text
+    assert "topology sync (every 60 s by default)" in text and "\n" not in text
+
+
+def test_a_complete_topology_in_time_gives_no_warning(broker, feeds, clients, caplog):
+    with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
+        feed, sink = feeds([broker.address], complete_wait=0.5)
+        wait_for(lambda: feed._states.state == "connected", what="connected")
+        clients(broker).publish("CompleteTopologyEvent", {"topology": {}})
+        sink.wait(1)
+        time.sleep(1.0)
+    assert "no CompleteTopologyEvent" not in caplog.text

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.keepalived
 
 def conf_text(*members: int, service: int = 0) -> str:
     settings = load(dict(vip_map=st.vip_map([service]), interface=vrrp_interface()))
-    return render(settings, plan(settings, parse_topology(st.topology(
+    return render(plan(settings, parse_topology(st.topology(
         {service: list(members)}))).config)
 
 

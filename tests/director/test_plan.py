@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from cartridge_agent_lvs.director.plan import plan
+from cartridge_agent_lvs.director.model import HealthCheck, Policy
+from cartridge_agent_lvs.director.plan import ip_sort_key, plan
 from cartridge_agent_lvs.director.settings import load
 from cartridge_agent_lvs.director.topology import apply_event, parse_topology
 from cartridge_agent_lvs.errors import SettingsError
@@ -43,18 +44,38 @@ def test_only_active_members_of_all_clusters_with_ip_type_and_dedup():
         ("192.168.56.40", 80, "TCP"), ("192.168.56.40", 443, "TCP")]
 
 
-def test_dr_renders_the_proxy_port_and_warns_once_per_member():
+def port_warnings(result):
+    return [w for w in result.warnings if "receives packets on port" in w]
+
+
+def test_dr_renders_the_proxy_port_and_warns_once_per_service_and_port():
     result = shop()
-    port_warnings = [w for w in result.warnings if "maps ports" in w]
-    assert len(port_warnings) == 4                       # member-1, -2, -21, -22
-    assert all("80 -> 8080, 443 -> 8443" in w for w in port_warnings)
+    assert port_warnings(result) == [
+        f"service 'tomcat' port {proxy}/TCP: 4 members listen on {value}, but with DR the "
+        f"real server receives packets on port {proxy} unchanged: they must accept "
+        f"connections on port {proxy} (or use forwarding_method NAT)"
+        for proxy, value in ((80, 8080), (443, 8443))]      # member-1, -2, -21, -22
+
+
+def test_port_warning_counts_every_member_of_a_large_service_in_one_line():
+    doc = st.topology({0: range(40)})
+    members = doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][
+        st.cluster_id(0)]["memberMap"]
+    for n, m in enumerate(members.values()):
+        m["portMap"]["80"]["value"] = 8280 if n < 30 else 8281
+    result = plan(load(dict(vip_map=st.vip_map([0]), forwarding_method="TUN")),
+                  parse_topology(doc))
+    assert port_warnings(result) == [
+        "service 'svc0' port 80/TCP: 40 members listen on 8280 (30), 8281 (10), but with "
+        "TUN the real server receives packets on port 80 unchanged: they must accept "
+        "connections on port 80 (or use forwarding_method NAT)"]
 
 
 def test_nat_keeps_the_member_port():
     got = servers(shop(forwarding_method="NAT"))
     assert got[("192.168.56.40", 80, "TCP")][0] == ("10.0.1.11", 8080, "tomcat.member-22")
     assert got[("192.168.56.40", 443, "TCP")][0] == ("10.0.1.11", 8443, "tomcat.member-22")
-    assert not [w for w in shop(forwarding_method="NAT").warnings if "maps ports" in w]
+    assert not port_warnings(shop(forwarding_method="NAT"))
 
 
 def test_udp_and_ipv6_service():
@@ -132,3 +153,121 @@ def test_a_member_whose_address_is_the_vip_is_skipped_with_a_warning():
     assert [w for w in result.warnings if "svc0.member-2" in w] == [
         f"skipped member 'svc0.member-2' of cluster 'svc0.app.domain': its Private IP "
         f"{st.vip(0)} is the VIP itself"]
+
+
+# -- filters: the subset of the topology this director serves (issue 12) ---------------
+
+def two_partitions():
+    """svc0: cluster svc0.app.domain (np1: members 1, 2), svc0.eu.domain (np2: 3, 4)."""
+    return st.add_cluster(st.topology({0: [1, 2]}), 0, "svc0.eu.domain", [3, 4], "np2")
+
+
+def served_ips(result):
+    return sorted((rs.ip for vs in result.config.virtual_servers for rs in vs.real_servers),
+                  key=ip_sort_key)
+
+
+def test_without_filters_every_cluster_and_partition_is_served():
+    result = plan(load(dict(vip_map=st.vip_map([0]))), parse_topology(two_partitions()))
+    assert served_ips(result) == [st.member_ip(0, i) for i in (1, 2, 3, 4)]
+
+
+def test_network_partition_filter_leaves_out_members_of_other_partitions():
+    doc = two_partitions()
+    # a member Stratos gave no network partition is kept (as Stratos' own filter does)
+    del doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"]["svc0.eu.domain"][
+        "memberMap"][st.member_id(0, 4)]["networkPartitionId"]
+    result = plan(load(dict(vip_map=st.vip_map([0]), network_partition_id="np1")),
+                  parse_topology(doc))
+    assert served_ips(result) == [st.member_ip(0, i) for i in (1, 2, 4)]
+    both = plan(load(dict(vip_map=st.vip_map([0]), network_partition_id="np2, np1")),
+                parse_topology(doc))
+    assert served_ips(both) == [st.member_ip(0, i) for i in (1, 2, 3, 4)]
+
+
+def test_network_partition_filter_follows_member_events():
+    topo = parse_topology(two_partitions())
+    event = dict(st.member_event(0, 9), clusterId="svc0.eu.domain",
+                 networkPartitionId="np2")
+    topo = apply_event(topo, "MemberActivatedEvent", event)
+    settings = load(dict(vip_map=st.vip_map([0]), network_partition_id="np2"))
+    assert served_ips(plan(settings, topo)) == [st.member_ip(0, i) for i in (3, 4, 9)]
+
+
+def test_cluster_ids_filter_serves_only_those_clusters():
+    settings = load(dict(vip_map=st.vip_map([0]), cluster_ids="svc0.eu.domain"))
+    result = plan(settings, parse_topology(two_partitions()))
+    assert served_ips(result) == [st.member_ip(0, i) for i in (3, 4)]
+    assert {rs.cluster_id for vs in result.config.virtual_servers
+            for rs in vs.real_servers} == {"svc0.eu.domain"}
+
+
+def test_a_service_filtered_out_entirely_says_why():
+    settings = load(dict(vip_map=st.vip_map([0]), network_partition_id="np9"))
+    result = plan(settings, parse_topology(two_partitions()))
+    assert result.config.virtual_servers == ()
+    assert ("service 'svc0': no Active member to serve 192.0.2.10 port 80/TCP (4 Active "
+            "members left out by cluster_ids / network_partition_id); not rendered "
+            "(keepalived rejects an empty virtual server)") in result.warnings
+
+
+# -- per-service settings resolved into the model (issue 12) ---------------------------
+
+def test_per_service_settings_reach_only_their_virtual_servers():
+    result = shop(scheduler="lc", service_overrides={
+        "php": dict(health_check="HTTP_GET", http_path="/health", scheduler="wlc",
+                    forwarding_method="NAT", persistence_timeout="300", weight="5",
+                    sorry_server="192.168.56.200 8080", delay_loop="10"),
+        "mysql": dict(health_check="TCP_CHECK", connect_timeout="5"),
+        "dns": dict(health_check="UDP_CHECK", sorry_server="192.168.56.200 53")})
+    by_service = {vs.service: vs for vs in result.config.virtual_servers}
+    php, dns, tomcat = by_service["php"], by_service["dns"], by_service["tomcat"]
+    assert php.policy == Policy("wlc", "NAT", 300, 10, ("192.168.56.200", 8080),
+                                HealthCheck("HTTP_GET", "/health", 200, 3, 1))
+    assert {rs.weight for rs in php.real_servers} == {5}
+    # the others keep the global values (and the global scheduler given here)
+    assert tomcat.policy == Policy("lc", "DR", 0, 6, None,
+                                   HealthCheck("TCP_CHECK", "/", 200, 3, 1))
+    assert {rs.weight for rs in tomcat.real_servers} == {1}
+    # an IPv4 sorry server cannot serve the IPv6 VIP of dns: left out
+    assert dns.policy.check.kind == "UDP_CHECK" and dns.policy.sorry_server is None
+
+
+def test_per_service_forwarding_method_decides_port_mapping_for_that_service_only():
+    result = shop(service_overrides={"tomcat": dict(forwarding_method="NAT")})
+    assert servers(result)[("192.168.56.40", 80, "TCP")][0] == (
+        "10.0.1.11", 8080, "tomcat.member-22")
+    assert port_warnings(result) == []
+    result = shop(forwarding_method="NAT", service_overrides={"tomcat": dict(
+        forwarding_method="TUN")})
+    assert servers(result)[("192.168.56.40", 80, "TCP")][0] == (
+        "10.0.1.11", 80, "tomcat.member-22")
+    assert len(port_warnings(result)) == 2 and "with TUN" in port_warnings(result)[0]
+
+
+def test_health_check_none_for_one_service():
+    result = shop(service_overrides={"php": dict(health_check="NONE")})
+    checks = {vs.service: vs.policy.check for vs in result.config.virtual_servers}
+    assert checks["php"] is None and checks["tomcat"].kind == "TCP_CHECK"
+
+
+def test_the_plan_carries_the_vrrp_settings():
+    result = shop(state="BACKUP", priority="90", auth_pass="s3cret")
+    vrrp = result.config.vrrp
+    assert (vrrp.state, vrrp.priority, vrrp.auth_pass, vrrp.interface) == (
+        "BACKUP", 90, "s3cret", "eth0")
+
+
+def test_sorry_server_under_dr_is_rendered_on_the_virtual_port_and_warned_about():
+    # keepalived resets a differing port with a warning that fails `keepalived -t`
+    result = shop(sorry_server="192.168.56.200 8080", service_overrides={
+        "php": dict(forwarding_method="NAT")})
+    sorry = {vs.key: vs.policy.sorry_server for vs in result.config.virtual_servers
+             if vs.vip.startswith("192.")}
+    assert sorry == {("192.168.56.40", 80, "TCP"): ("192.168.56.200", 80),
+                     ("192.168.56.40", 443, "TCP"): ("192.168.56.200", 443),
+                     ("192.168.56.41", 80, "TCP"): ("192.168.56.200", 8080)}   # NAT
+    assert ("service 'tomcat' port 443: sorry_server 192.168.56.200 8080, but with DR it "
+            "receives packets on port 443 unchanged: rendered as 192.168.56.200 443"
+            ) in result.warnings
+    assert not [w for w in result.warnings if "'php'" in w and "sorry" in w]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import string
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as hs
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from cartridge_agent_lvs.director.drain import Drain
 from cartridge_agent_lvs.director.keepalived import Keepalived, ValidationError
 from cartridge_agent_lvs.director.model import LvsConfig
-from cartridge_agent_lvs.director.plan import plan
+from cartridge_agent_lvs.director.plan import plan, vrrp_of
 from cartridge_agent_lvs.director.render import RenderedFileError, parse_rendered, render
 from cartridge_agent_lvs.director.settings import load
 from cartridge_agent_lvs.director.topology import parse_topology
@@ -42,6 +43,17 @@ CASES = {
     "ipv4-only-ssl": dict(vip_map="tomcat|192.168.56.40", health_check="SSL_GET",
                           http_path="/ping"),
     "no-service-found": dict(vip_map="redis|192.168.56.43,cache|fd99::6379"),
+    # issue 12: per-service settings ([service NAME] sections) over the global ones
+    "shop-per-service": dict(
+        vip_map=SHOP_MAP, scheduler="wlc", delay_loop="10",
+        service_overrides={
+            "php": dict(health_check="HTTP_GET", http_path="/health", http_status="200",
+                        scheduler="lc", persistence_timeout="300", weight="5",
+                        sorry_server="192.168.56.200 8080"),
+            "tomcat": dict(forwarding_method="NAT", health_check="SSL_GET",
+                           http_path="/ping", connect_timeout="2", retry="3"),
+            "dns": dict(health_check="UDP_CHECK", scheduler="sh", delay_loop="3"),
+            "mysql": dict(health_check="NONE")}),
 }
 
 
@@ -54,7 +66,7 @@ def rendered(case: str, **extra) -> str:
     if "interface" in extra and "sync_interface" in CASES[case]:
         extra["sync_interface"] = extra["interface"]
     settings = load({"interface": "eth0", **CASES[case], **extra})
-    return render(settings, plan(settings, shop_topology()).config)
+    return render(plan(settings, shop_topology()).config)
 
 
 @pytest.fixture
@@ -87,7 +99,7 @@ def test_keepalived_accepts_a_draining_configuration(keepalived):
     full = plan(settings, parse_topology(st.topology({0: [1, 2, 3]}))).config
     drain.apply(full, 0)
     less = plan(settings, parse_topology(st.topology({0: [1]}))).config
-    text = render(settings, drain.apply(less, 1))
+    text = render(drain.apply(less, 1))
     assert text.count("weight 0") == 2
     keepalived.validate(text)
 
@@ -162,7 +174,7 @@ def test_no_topology_can_add_a_directive(member_id, cluster_id, ip, port, proxy,
     cluster["memberMap"]["evil"] = evil
     settings = load(dict(vip_map=st.vip_map([0]), forwarding_method="NAT"))
     result = plan(settings, parse_topology(doc))
-    text = render(settings, result.config)
+    text = render(result.config)
     for line in text.splitlines():
         assert LINE.match(line), line
     top = {ln.split()[0] for ln in text.splitlines() if ln and ln[0] not in " #"}
@@ -176,8 +188,41 @@ def test_no_topology_can_add_a_directive(member_id, cluster_id, ip, port, proxy,
 
 def test_render_of_an_empty_config_has_only_global_defs():
     settings = load(dict(vip_map=st.vip_map([0])))
-    text = render(settings, LvsConfig())
+    text = render(LvsConfig(vrrp=vrrp_of(settings)))
     assert "vrrp_instance" not in text and "global_defs" in text
+
+
+def test_render_needs_a_planned_config():
+    with pytest.raises(ValueError, match="no VRRP part"):
+        render(LvsConfig())
+    settings = load(dict(vip_map=st.vip_map([0])))
+    unplanned = replace(plan(settings, parse_topology(st.topology({0: [1]}))).config)
+    unplanned = replace(unplanned, virtual_servers=tuple(
+        replace(vs, policy=None) for vs in unplanned.virtual_servers))
+    with pytest.raises(ValueError, match="no policy"):
+        render(unplanned)
+
+
+def blocks_of(text: str) -> dict:
+    """{service: its virtual_server blocks} of a rendered file."""
+    blocks: dict = {}
+    for m in re.finditer(r"# service (\S+)\nvirtual_server .*?\n}\n", text, flags=re.S):
+        blocks[m.group(1)] = blocks.get(m.group(1), "") + m.group(0)
+    return blocks
+
+
+def test_each_service_renders_its_own_settings():
+    blocks = blocks_of(rendered("shop-per-service"))
+    assert set(blocks) == {"php", "tomcat", "dns"}        # mysql: no Active member
+    php, tomcat, dns = blocks["php"], blocks["tomcat"], blocks["dns"]
+    assert "lb_algo lc" in php and "persistence_timeout 300" in php
+    assert "sorry_server 192.168.56.200 80\n" in php and "weight 5" in php   # DR: port 80
+    assert "HTTP_GET {" in php and "path /health" in php and "delay_loop 10" in php
+    assert "lb_kind NAT" in tomcat and "lb_algo wlc" in tomcat    # global scheduler
+    assert "real_server 10.0.1.11 8080" in tomcat and "SSL_GET {" in tomcat
+    assert "path /ping" in tomcat and "retry 3" in tomcat and "sorry_server" not in tomcat
+    assert "UDP_CHECK {" in dns and "lb_algo sh" in dns and "delay_loop 3" in dns
+    assert "lb_kind DR" in dns and "weight 1" in dns
 
 
 # -- reading back what we wrote: the guard's baseline after a restart ------------------
@@ -186,8 +231,8 @@ def test_render_of_an_empty_config_has_only_global_defs():
 def test_parse_rendered_gives_back_the_config(case):
     settings = load({"interface": "eth0", **CASES[case]})
     config = plan(settings, shop_topology()).config
-    back = parse_rendered(render(settings, config))
-    assert back == config
+    back = parse_rendered(render(config))
+    assert back == replace(config, vrrp=None)          # VRRP comes from the settings
     assert [vs.service for vs in back.virtual_servers] == [
         vs.service for vs in config.virtual_servers]
 
@@ -197,7 +242,7 @@ def test_parse_rendered_keeps_draining_weights():
     drain = Drain(30)
     drain.apply(plan(settings, parse_topology(st.topology({0: [1, 2, 3]}))).config, 0)
     draining = drain.apply(plan(settings, parse_topology(st.topology({0: [1]}))).config, 1)
-    assert parse_rendered(render(settings, draining)) == draining
+    assert parse_rendered(render(draining)) == replace(draining, vrrp=None)
 
 
 @pytest.mark.parametrize("text, reason", [
@@ -207,6 +252,15 @@ def test_parse_rendered_keeps_draining_weights():
     (rendered("shop-dr").replace("real_server 10.0.1.12 80", "real_server 10.0.1.x 80"),
      "line"),
     (rendered("shop-dr").replace("    protocol TCP\n", "", 1), "protocol"),
+    # values read back are checked like the settings they were rendered from
+    (rendered("shop-dr").replace("lb_algo rr", "lb_algo fastest", 1), "lb_algo 'fastest'"),
+    (rendered("shop-dr").replace("lb_kind DR", "lb_kind DSR", 1), "lb_kind 'DSR'"),
+    (rendered("shop-dr").replace("    delay_loop 6\n", "", 1), "has no delay_loop"),
+    (rendered("shop-per-service").replace("path /health", "path health", 1),
+     "path 'health'"),
+    (rendered("shop-per-service").replace("sorry_server 192.168.56.200 80",
+                                          "sorry_server 192.168.56.200 80800", 1),
+     "sorry_server"),
 ])
 def test_parse_rendered_refuses_what_it_did_not_write(text, reason):
     with pytest.raises(RenderedFileError, match=reason) as err:

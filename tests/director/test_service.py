@@ -331,7 +331,7 @@ def _live_conf(settings, members) -> str:
     from cartridge_agent_lvs.director.plan import plan
     from cartridge_agent_lvs.director.render import render
     from cartridge_agent_lvs.director.topology import parse_topology
-    text = render(settings, plan(settings, parse_topology(st.topology({0: members}))).config)
+    text = render(plan(settings, parse_topology(st.topology({0: members}))).config)
     with open(settings.keepalived_conf, "w") as f:
         f.write(text)
     return text
@@ -411,3 +411,73 @@ def test_a_failed_reload_is_retried_with_capped_backoff_and_on_sighup(
     d.force()                                   # confirmed: no further reload
     d.tick(13)
     assert tried() == 7
+
+
+# -- issue 12: a Stratos 4.1.6 message sequence over a real broker -----------------------
+
+REPLAY = os.path.join(os.path.dirname(__file__), "samples", "stratos-4.1.6-replay.json")
+
+
+@pytest.mark.broker
+def test_stratos_416_new_application_enters_and_leaves(broker, director_settings,
+                                                       fake_keepalived, running, caplog):
+    """Complete topology, then a new application's ApplicationClustersCreatedEvent and
+    its members' Created/Initialized/Started/Activated events, then
+    ApplicationClustersRemovedEvent: the new cluster's Active members go into
+    keepalived.conf and leave it after the drain; every step passes keepalived -t."""
+    with open(REPLAY) as f:
+        replay = json.load(f)
+    complete, created, starting, activated, removed = replay["steps"]
+    settings = director_settings(mqtt=[broker.address], vip_map=replay["vip_map"],
+                                 quiet_period=0.1, drain_seconds=1.5)
+    checker = service.keepalived_for(settings)
+    shop = {"10.0.3.31": 1, "10.0.3.32": 1}
+    stratos = FakeStratos(broker, complete["messages"][0]["payload"])
+
+    def replay_step(step, then: dict) -> None:
+        handled = svc.director.handled
+        for message in step["messages"]:
+            stratos.publish(message["topic"].split("/", 1)[1], message["payload"])
+        wait_for(lambda: svc.director.handled >= handled + len(step["messages"]), 10,
+                 step["note"])
+        svc.wait_servers(then)
+        time.sleep(0.3)                     # the quiet period passes: nothing else comes
+        assert svc.servers() == then, step["note"]
+        checker.check_file(settings.keepalived_conf)          # the real keepalived -t
+
+    try:
+        with caplog.at_level(logging.INFO):
+            svc = running(settings, feed=fast_mqtt(settings))
+            svc.wait_servers(shop)
+            checker.check_file(settings.keepalived_conf)
+            replay_step(created, shop)
+            replay_step(starting, shop)                       # not Active yet
+            replay_step(activated, {**shop, "10.0.3.41": 1, "10.0.3.42": 1})
+            replay_step(removed, {**shop, "10.0.3.41": 0, "10.0.3.42": 0})   # draining
+            svc.wait_servers(shop, timeout=10)                # ... then removed
+            checker.check_file(settings.keepalived_conf)
+    finally:
+        stratos.close()
+    assert "unknown cluster" not in caplog.text and "ignored" not in caplog.text
+    assert fake_keepalived.hups() == 4      # complete, activated, drain start, drain end
+
+
+def test_restart_over_a_live_conf_with_per_service_settings_holds_it_byte_for_byte(
+        tmp_path, director_settings, fake_keepalived, running, caplog):
+    """The guard's baseline read back from the file carries each service's own
+    settings, so the held configuration renders exactly the live file."""
+    topo = tmp_path / "topology.json"
+    write_json(topo, {"topology": {"serviceMap": {}}})
+    settings = director_settings(
+        topology_file=str(topo), quiet_period=0.1, drain_seconds=0, mass_removal_hold=60,
+        service_overrides={"svc0": dict(health_check="HTTP_GET", http_path="/health",
+                                        scheduler="wlc", persistence_timeout="60",
+                                        sorry_server="192.0.2.200 80", weight="3")})
+    live = _live_conf(settings, range(10))
+    assert "HTTP_GET" in live and "lb_algo wlc" in live
+    with caplog.at_level(logging.INFO):
+        svc = running(settings)
+        wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="the guard")
+        time.sleep(0.5)
+    assert svc.conf() == live and fake_keepalived.hups() == 0
+    assert svc.close() == 0

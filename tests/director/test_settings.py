@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
+from dataclasses import fields
 
 import pytest
 
@@ -166,17 +168,37 @@ def test_reference_table_lists_every_option():
         assert f"``{option.name}``" in table and option.flag in table
 
 
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
+                       "lvs-extension.conf.example")
+
+
 def test_the_shipped_example_config_loads():
-    example = os.path.join(os.path.dirname(__file__), "..", "..", "deploy",
-                           "lvs-extension.conf.example")
-    s = S.load({}, config_path=example)
+    s = S.load({}, config_path=EXAMPLE)
     assert s.vip_map and s.mqtt == (("127.0.0.1", 1883),)
+    assert s.for_service("php").health_check == "HTTP_GET"
+    assert s.for_service("tomcat").health_check == "TCP_CHECK"
+
+
+def test_the_shipped_example_config_is_generated_from_the_declaration():
+    with open(EXAMPLE) as f:
+        assert f.read() == S.example_config(), (
+            "deploy/lvs-extension.conf.example is out of date: python -m "
+            "cartridge_agent_lvs.director.settings example > deploy/lvs-extension.conf.example")
+    for option in S.OPTIONS:
+        assert f"{option.name} = " in S.example_config()
+
+
+README = os.path.join(os.path.dirname(__file__), "..", "..", "README.rst")
 
 
 def test_readme_documents_every_setting_and_default():
-    readme = os.path.join(os.path.dirname(__file__), "..", "..", "README.rst")
-    with open(readme) as f:
+    with open(README) as f:
         assert S.reference_table() in f.read(), "README settings table is out of date"
+
+
+def test_readme_shows_the_per_service_example():
+    with open(README) as f:
+        assert textwrap.indent(S.service_example(), "    ") in f.read()
 
 
 def test_auth_pass_from_a_file(tmp_path):
@@ -207,3 +229,111 @@ def test_auth_pass_file_refuses_a_fifo(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(SettingsError, match="not a regular file"):
         S.load({"vip_map": "a|192.0.2.1", "auth_pass_file": str(fifo)})
+
+
+# -- issue 12: one declaration; per-service sections; filters; --http ------------------
+
+def test_settings_classes_are_generated_from_the_one_declaration():
+    assert [f.name for f in fields(S.Settings)] == (
+        [o.name for o in S.OPTIONS] + ["service_overrides"])
+    assert [f.name for f in fields(S.ServiceSettings)] == [
+        o.name for o in S.OPTIONS if o.scope == S.PER_SERVICE]
+    assert {o.name for o in S.SERVICE_OPTIONS} == {
+        "scheduler", "forwarding_method", "protocol", "persistence_timeout", "weight",
+        "sorry_server", "health_check", "http_path", "http_status", "delay_loop",
+        "connect_timeout", "retry"}
+
+
+def test_reference_table_shows_scope_and_flag_aliases():
+    rows = {line.split()[0]: line for line in S.reference_table().splitlines()
+            if line.startswith("``")}
+    assert "``--http-url``, ``--http``" in rows["``http_url``"]
+    assert "per service" in rows["``health_check``"] and "global" in rows["``interface``"]
+
+
+def test_http_is_a_flag_of_http_url():
+    """The README's ``lvs-extension run --http URL``: not an ambiguous prefix."""
+    for flag in ("--http", "--http-url"):
+        s = S.load(parse_flags("--vip-map", "a|192.0.2.1", flag, "http://stratos/topo"))
+        assert s.http_url == "http://stratos/topo"
+
+
+SECTIONS = """\
+vip_map = php|192.0.2.41, mysql|192.0.2.42, dns|fd99::53
+health_check = TCP_CHECK
+scheduler = rr
+
+[service php]
+health_check = HTTP_GET
+http-path = /health
+schedule.algorithm = wlc
+
+[ service mysql ]
+connect_timeout = 5
+"""
+
+
+def test_service_sections_override_the_global_values(tmp_path):
+    s = S.load(parse_flags("--config", write(tmp_path, SECTIONS), "--scheduler", "lc"))
+    php, mysql, dns = (s.for_service(n) for n in ("php", "mysql", "dns"))
+    assert (php.health_check, php.http_path, php.scheduler) == ("HTTP_GET", "/health", "wlc")
+    # a flag sets the global value; a section still wins for its service
+    assert (mysql.health_check, mysql.connect_timeout, mysql.scheduler) == (
+        "TCP_CHECK", 5, "lc")
+    assert (dns.health_check, dns.scheduler, dns.http_path) == ("TCP_CHECK", "lc", "/")
+    assert s.overrides("php") == {"health_check": "HTTP_GET", "http_path": "/health",
+                                  "scheduler": "wlc"}
+    assert s.overrides("dns") == {}
+
+
+def test_service_overrides_given_as_a_dict():
+    s = S.load({"vip_map": "php|192.0.2.41",
+                "service_overrides": {"php": {"weight": "7", "sorry_server": "192.0.2.9 80"}}})
+    assert s.for_service("php").weight == 7
+    assert s.for_service("php").sorry_server == ("192.0.2.9", 80)
+    for overrides, message in (({"php": {"interface": "eth1"}}, "not a per-service"),
+                               ({"php": {"weight": "0"}}, "weight='0': must be 1-65535"),
+                               ({"a{b": {"weight": "2"}}, "not allowed"),
+                               ({"nginx": {"weight": "2"}}, "not in vip_map")):
+        with pytest.raises(SettingsError, match=message) as err:
+            S.load({"vip_map": "php|192.0.2.41", "service_overrides": overrides})
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, line, message", [
+    (SECTIONS + "interface = eth1\n", 12,
+     "interface='eth1': is a global setting, not one of [service mysql]"),
+    (SECTIONS + "[service php]\n", 12, "section='[service php]': given twice (first on "
+     "line 5)"),
+    (SECTIONS + "[php]\n", 12, "section='[php]': expected '[service NAME]'"),
+    (SECTIONS + "[service]\n", 12, "expected '[service NAME]'"),
+    (SECTIONS + "[service a{b}]\n", 12, "service='a{b}'"),
+    (SECTIONS + "[service nginx]\nweight = 2\n", 12,
+     "service='nginx': has a [service] section but is not in vip_map"),
+    (SECTIONS + "retry = 2\nretry = 3\n", 13, "retry='3': set twice (first on line 12)"),
+    (SECTIONS + "health_check = HTTP_POST\n", 12,
+     "health_check='HTTP_POST': must be one of TCP_CHECK, HTTP_GET, SSL_GET, UDP_CHECK"),
+    (SECTIONS + "http_path = /x {\n", 12, "absolute URL path"),
+    (SECTIONS + "bogus = 1\n", 12, "bogus='1': unknown setting"),
+])
+def test_service_section_errors_name_file_line_key_value(tmp_path, text, line, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SettingsError) as err:
+        S.load({}, config_path=path)
+    assert str(err.value).startswith(f"{path}:{line}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_filters_from_the_file_with_stratos_spellings(tmp_path):
+    path = write(tmp_path, "vip_map = php|192.0.2.41\nnetwork-partition-id = np2, np1\n"
+                 "cluster-ids = blog.php.domain shop.php.domain\n")
+    s = S.load({}, config_path=path)
+    assert s.network_partition_id == ("np1", "np2")
+    assert s.cluster_ids == ("blog.php.domain", "shop.php.domain")
+    s = S.load(parse_flags("--vip-map", "a|192.0.2.1", "--network-partition-id", "np1",
+                           "--cluster-ids", "c1,c2"))
+    assert (s.network_partition_id, s.cluster_ids) == (("np1",), ("c1", "c2"))
+    with pytest.raises(SettingsError, match=r"cluster_ids='c1\}'.*not allowed"):
+        S.load({"vip_map": "a|192.0.2.1", "cluster_ids": "c0,c1}"})
+    with pytest.raises(SettingsError, match="at least one id"):
+        S.load({"vip_map": "a|192.0.2.1", "cluster_ids": ", ,"})

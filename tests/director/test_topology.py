@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 
@@ -149,3 +150,114 @@ def test_a_number_too_long_for_python_names_its_field():
     with pytest.raises(TopologyError, match=r"MemberActivatedEvent: memberId: a number of "
                        "5000 digits"):
         apply_event(parse_topology(DOC), "MemberActivatedEvent", event)
+
+
+# -- issue 12: the cluster events Stratos 4.1.6 really publishes -----------------------
+
+REPLAY = os.path.join(os.path.dirname(__file__), "samples", "stratos-4.1.6-replay.json")
+
+
+def replay_steps():
+    with open(REPLAY) as f:
+        return json.load(f)["steps"]
+
+
+def new_cluster(cluster_id="svc0.blog.domain", service="svc0"):
+    """A Cluster as ApplicationClustersCreatedEvent carries it: memberMap empty."""
+    cluster = copy.deepcopy(DOC["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][
+        st.cluster_id(0)])
+    cluster.update(clusterId=cluster_id, serviceName=service, appId="blog", memberMap={})
+    return cluster
+
+
+def test_application_clusters_created_adds_every_cluster_of_the_list():
+    topo = parse_topology(DOC)
+    new = apply_event(topo, "ApplicationClustersCreatedEvent", json.dumps(
+        {"appId": "blog", "clusterList": [new_cluster(), new_cluster("svc0.blog2.domain")]}))
+    assert set(new.services["svc0"].clusters) == {st.cluster_id(0), "svc0.blog.domain",
+                                                  "svc0.blog2.domain"}
+    assert not new.services["svc0"].clusters["svc0.blog.domain"].members
+    # ... so that its members' events are no longer "unknown cluster"
+    event = dict(st.member_event(0, 7), clusterId="svc0.blog.domain")
+    new = apply_event(new, "MemberCreatedEvent", event)
+    new = apply_event(new, "MemberActivatedEvent", event)
+    m = new.services["svc0"].clusters["svc0.blog.domain"].members[st.member_id(0, 7)]
+    assert m.active and m.address == st.member_ip(0, 7) and m.network_partition_id == "np1"
+    with pytest.raises(TopologyError, match="unknown cluster 'svc0.blog.domain'"):
+        apply_event(topo, "MemberActivatedEvent", event)      # what it was before
+
+
+def test_application_clusters_created_keeps_a_cluster_already_known():
+    """As Stratos does: a known cluster (and its members) stays as it is."""
+    topo = parse_topology(DOC)
+    again = new_cluster(st.cluster_id(0))
+    assert apply_event(topo, "ApplicationClustersCreatedEvent",
+                       {"appId": "app", "clusterList": [again]}) is topo
+
+
+@pytest.mark.parametrize("payload, message", [
+    ({"appId": "blog", "clusterList": [new_cluster(), new_cluster("x.domain", "nosuch")]},
+     r"clusterList\[1\]: unknown service 'nosuch' \(application 'blog'\); no cluster"),
+    ({"appId": "blog", "clusterList": {"a": 1}}, "clusterList: expected a list"),
+    ({"appId": "blog", "clusterList": [7]}, r"clusterList\[0\]: expected a JSON object"),
+    ({"appId": "blog", "clusterList": [dict(new_cluster(), memberMap=[])]},
+     "memberMap: expected a JSON object"),
+])
+def test_application_clusters_created_is_all_or_nothing(payload, message):
+    topo = parse_topology(DOC)
+    with pytest.raises(TopologyError, match=message) as err:
+        apply_event(topo, "ApplicationClustersCreatedEvent", payload)
+    assert "\n" not in str(err.value)
+    assert set(topo.services["svc0"].clusters) == {st.cluster_id(0)}
+
+
+def test_application_clusters_removed_names_the_service_serviceType():
+    topo = apply_event(parse_topology(DOC), "ApplicationClustersCreatedEvent",
+                       {"appId": "blog", "clusterList": [new_cluster()]})
+    gone = apply_event(topo, "ApplicationClustersRemovedEvent", {"appId": "blog",
+                       "clusterData": [{"serviceType": "svc0", "clusterId": "svc0.blog.domain",
+                                        "minInstances": 1, "maxInstances": 1},
+                                       {"serviceType": "svc0", "clusterId": "never.there"},
+                                       {"serviceType": "nosuch", "clusterId": "x"}]})
+    assert set(gone.services["svc0"].clusters) == {st.cluster_id(0)}
+    # already removed: nothing changes
+    assert apply_event(gone, "ApplicationClustersRemovedEvent", {"appId": "blog",
+                       "clusterData": [{"serviceType": "svc0",
+                                        "clusterId": "svc0.blog.domain"}]}) is gone
+    with pytest.raises(TopologyError, match=r"clusterData\[0\].serviceType: expected a "
+                       "string"):
+        apply_event(topo, "ApplicationClustersRemovedEvent", {"appId": "blog", "clusterData": [
+            {"serviceName": "svc0", "clusterId": "svc0.blog.domain"}]})
+
+
+def test_network_partition_of_members():
+    doc = copy.deepcopy(DOC)
+    members = doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][st.cluster_id(0)][
+        "memberMap"]
+    members[st.member_id(0, 2)]["networkPartitionId"] = None          # tolerated
+    del members[st.member_id(0, 3)]["networkPartitionId"]
+    topo = parse_topology(doc)
+    assert {m.member_id: m.network_partition_id for m in topo.members("svc0")} == {
+        st.member_id(0, 1): "np1", st.member_id(0, 2): "", st.member_id(0, 3): ""}
+    moved = apply_event(topo, "MemberActivatedEvent",
+                        dict(st.member_event(0, 3), networkPartitionId="np2"))
+    assert {m.member_id: m.network_partition_id for m in moved.members("svc0")}[
+        st.member_id(0, 3)] == "np2"
+
+
+def test_the_stratos_416_replay_applies_without_an_error():
+    """The sample the service test replays over a broker, folded purely."""
+    steps = replay_steps()
+    topo = None
+    for step in steps:
+        for message in step["messages"]:
+            name = message["topic"].split("/")[-1]
+            payload = json.dumps(message["payload"])
+            topo = (parse_topology(payload) if name == "CompleteTopologyEvent"
+                    else apply_event(topo, name, payload))
+        if step["note"].startswith("... and activated"):
+            assert {m.member_id for m in topo.members("php") if m.active} == {
+                "shop.php.domain0a1b", "shop.php.domain0c2d", "blog.php.domain5e6f",
+                "blog.php.domain7a8b"}
+    assert set(topo.services["php"].clusters) == {"shop.php.domain"}
+    assert set(topo.services["mysql"].clusters) == set()

@@ -7,6 +7,12 @@ the last topic segment, and -- at every (re)connect, after subscribing -- publis
 ``{}`` on ``initializer/CompleteTopologyRequestEvent`` so that Stratos sends the full
 picture again (events missed while disconnected are thus covered).
 
+Stratos answers the request from 4.1.5 on.  On 4.1.0-4.1.4 nobody answers it: the
+complete topology only comes with the cloud controller's periodic topology sync
+(every 60 s by default).  When no complete topology has arrived *complete_wait*
+seconds (90) after connecting, the feed says so once, naming both causes: the wrong
+broker or topic, or an old Stratos waiting for its periodic sync.
+
 Brokers are tried in the order given (like the agent's ``mb.urls``).  When none
 answers, a round is retried after a capped exponential backoff with jitter.  State
 changes (connected, lost, unreachable, refused) are logged once each, retries only
@@ -17,11 +23,12 @@ keepalived configuration simply stays.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Optional, Sequence, Tuple
 
 import paho.mqtt.client as mqtt
 
-from . import MAX_PAYLOAD_BYTES, Backoff, StateLog, ThreadFeed
+from . import COMPLETE, MAX_PAYLOAD_BYTES, Backoff, StateLog, ThreadFeed
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ class MqttFeed(ThreadFeed):
     :param password: the password itself (read from a file or the environment by the
         caller -- never from the command line).
     :param ca_file: enables TLS, verifying the broker against this CA bundle.
+    :param complete_wait: seconds after connecting without a complete topology before
+        the feed warns (once).
     """
 
     name = "mqtt"
@@ -50,7 +59,7 @@ class MqttFeed(ThreadFeed):
                  username: Optional[str] = None, password: Optional[str] = None,
                  ca_file: Optional[str] = None, client_id: Optional[str] = None,
                  keepalive: int = 30, connect_timeout: float = 5.0,
-                 backoff: Optional[Backoff] = None) -> None:
+                 backoff: Optional[Backoff] = None, complete_wait: float = 90.0) -> None:
         super().__init__()
         if not brokers:
             raise ValueError("at least one broker is needed")
@@ -61,6 +70,11 @@ class MqttFeed(ThreadFeed):
         self.backoff = backoff or Backoff(initial=0.5, cap=30.0)
         self._states = StateLog(log, "message broker")
         self._oversized = False
+        self.complete_wait = complete_wait
+        self._complete_seen = False       #: a CompleteTopologyEvent arrived, ever
+        self._complete_warned = False
+        self._connected_at: Optional[float] = None
+        self._other_messages = 0          #: topology messages before the first complete
         # per-session state, only touched by the feed's thread (paho callbacks run
         # inside client.loop(), which this thread calls)
         self._where = ""
@@ -76,6 +90,7 @@ class MqttFeed(ThreadFeed):
             self._refusal = str(reason_code)
             return
         self._session_ok = True
+        self._connected_at = time.monotonic()
         client.subscribe(TOPIC, qos=1)
         self._request_complete(client)
         self._states.report("connected", f"{self._where}, subscribed to {TOPIC}")
@@ -90,7 +105,27 @@ class MqttFeed(ThreadFeed):
                           len(payload), msg.topic, MAX_PAYLOAD_BYTES)
                 self._oversized = True
             return
-        self._push(msg.topic.rsplit("/", 1)[-1], bytes(payload), f"mqtt {msg.topic}")
+        name = msg.topic.rsplit("/", 1)[-1]
+        if name == COMPLETE:
+            self._complete_seen = True
+        elif not self._complete_seen:
+            self._other_messages += 1
+        self._push(name, bytes(payload), f"mqtt {msg.topic}")
+
+    def _watch_complete(self) -> None:
+        """Warn once when connected for *complete_wait* s without a complete topology."""
+        if (self._complete_seen or self._complete_warned or self._connected_at is None
+                or time.monotonic() - self._connected_at < self.complete_wait):
+            return
+        self._complete_warned = True
+        log.warning(
+            "message broker: no CompleteTopologyEvent %gs after connecting to %s (%d other "
+            "topology messages received); nothing is applied until one arrives. Either "
+            "the broker or topic is wrong (Stratos publishes on topology/# of its "
+            "message broker), or this is Stratos 4.1.0-4.1.4, which does not answer %s: "
+            "then the complete topology comes with the cloud controller's periodic "
+            "topology sync (every 60 s by default)", self.complete_wait, self._where,
+            self._other_messages, REQUEST_TOPIC)
 
     # -- the thread -----------------------------------------------------------------
 
@@ -117,6 +152,7 @@ class MqttFeed(ThreadFeed):
         """
         self._where = _where(host, port)
         self._session_ok = None
+        self._connected_at = None
         client = self._client()
         try:
             client.connect(host, port, keepalive=self.keepalive)
@@ -131,6 +167,7 @@ class MqttFeed(ThreadFeed):
                 rc = client.loop(timeout=_LOOP_STEP)
                 if rc != mqtt.MQTT_ERR_SUCCESS:
                     break
+                self._watch_complete()
         finally:
             client.disconnect()
             client.loop(timeout=0)   # flush the DISCONNECT, close the socket
