@@ -45,7 +45,7 @@ from .keepalived import Keepalived, ValidationError
 from .plan import plan, vrrp_of
 from .render import RenderedFileError, parse_rendered, render
 from .settings import read_secret
-from .topology import Topology, apply_event, parse_topology
+from .topology import Topology, apply_event, is_handled, parse_topology
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +231,11 @@ class Director:
             self.problems.report("before-complete", f"ignoring {update.name} and other "
                                  "events until the first complete topology arrives",
                                  logging.INFO)
+            return None
+        if not is_handled(update.name):
+            self.problems.report("unhandled", f"{update.name} from {update.source} does "
+                                 "not change what the director serves: ignored (logged "
+                                 "once per event name)", logging.INFO)
             return None
         return apply_event(self.topology, update.name, update.payload)
 

@@ -464,7 +464,7 @@ OPTIONS: Tuple[Option, ...] = (
            "file holding the MQTT password (else $LVS_MQTT_PASSWORD)", _G_FEED, "FILE"),
     Option("mqtt_ca_file", optional(text), None, "CA bundle: connect to the broker with TLS",
            _G_FEED, "FILE"),
-    Option("mqtt_client_id", optional(text), None, "MQTT client id (default: random)",
+    Option("mqtt_client_id", optional(text), None, "MQTT client id (none: a random one)",
            _G_FEED, "ID"),
     Option("http_url", optional(text), None,
            "poll a CompleteTopologyEvent JSON document at this URL", _G_FEED, "URL",
@@ -570,6 +570,9 @@ class ConfigFile:
     sections: Dict[str, Tuple[int, Entries]] = field(default_factory=dict)
 
 
+_INLINE_COMMENT = re.compile(r"\s[#;]")
+
+
 def read_config(path: str) -> ConfigFile:
     """The raw entries of a config file; SettingsError on any bad line."""
     try:
@@ -590,7 +593,8 @@ def read_config(path: str) -> ConfigFile:
             found = config.sections[section][1]
             continue
         key, sep, value = stripped.partition("=")
-        key, value = key.strip(), value.strip()
+        # an inline comment: '#' or ';' after white space ("key = value  # note")
+        key, value = key.strip(), _INLINE_COMMENT.split(value, maxsplit=1)[0].strip()
         if not sep:
             raise SettingsError(key, stripped, "expected 'key = value'", path, number_)
         name = _KEYS.get(key) or _KEYS.get(key.replace("-", "_"))
@@ -713,10 +717,24 @@ def add_arguments(parser: argparse.ArgumentParser, exclude: Tuple[str, ...] = ()
         if group is None:
             group = groups[option.group] = parser.add_argument_group(option.group)
         extra = dict(nargs="?", const="true") if option.parse is boolean else {}
+        if option.metavar and " " in option.metavar:    # 'IP PORT': two words, or one
+            extra = dict(nargs="+", action=_JoinWords)      # usage: IP [PORT ...]
         scope = "; per service in [service NAME]" if option.per_service else ""
-        group.add_argument(*option.flags, dest=option.name, metavar=option.metavar,
+        metavar = tuple(option.metavar.split()) if "action" in extra else option.metavar
+        group.add_argument(*option.flags, dest=option.name, metavar=metavar,
                            help=f"{option.help} (default: {describe(option)}{scope})",
                            **extra)
+
+
+class _JoinWords(argparse.Action):
+    """A value the help writes as two words (``--sorry-server IP PORT``) taken as
+    given: two words, or one quoted word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) > 2:
+            parser.error(f"{option_string} takes {' '.join(self.metavar)}, got "
+                         f"{' '.join(values)!r}")
+        setattr(namespace, self.dest, " ".join(values))
 
 
 def describe(option: Option) -> str:

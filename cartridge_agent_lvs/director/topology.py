@@ -449,3 +449,8 @@ _HANDLED = frozenset(_STATUS_EVENTS) | {"MemberTerminatedEvent", "ServiceCreated
                                         "ClusterRemovedEvent",
                                         "ApplicationClustersCreatedEvent",
                                         "ApplicationClustersRemovedEvent"}
+
+
+def is_handled(event_name: str) -> bool:
+    """Whether *event_name* can change what the director serves."""
+    return event_name == "CompleteTopologyEvent" or event_name in _HANDLED
