@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
-from hypothesis import given, strategies as hs
+from hypothesis import example, given, strategies as hs
 
 from cartridge_agent_lvs.errors import PayloadError
 from cartridge_agent_lvs.payload import (from_environ, lvs_request, parse_launch_params,
@@ -84,11 +85,26 @@ def test_unreadable_payload_file(tmp_path):
 
 
 @given(hs.text(max_size=200))
-def test_random_launch_params_raise_only_payload_error(text):
+@example("MEMBER_ID=m,LVS_VIRTUAL_IP=10.1.1.1|255.255.255.0;10.1.1.2/24 fd00::5,X=null")
+@example("LVS_VIRTUAL_IP=10.1.1.1,10.1.1.2")
+@example("LVS_VIRTUAL_IP=300.1.1.1")
+def test_random_launch_params_parse_consistently_or_name_the_key(text):
+    """Valid: every VIP is one of the value's items, parsed the same way again.
+    Invalid: one line naming a key that is in the text (or the payload itself)."""
     try:
-        lvs_request(parse_launch_params(text))
-    except PayloadError:
-        pass
+        values = parse_launch_params(text)
+        request = lvs_request(values)
+    except PayloadError as exc:
+        assert "\n" not in str(exc)
+        assert exc.key == "payload" or exc.key in text, (exc.key, text)
+        return
+    line = text.split("\n", 1)[0]
+    for key, value in values.items():
+        assert key in line and value in line
+    if request is not None:
+        items = [i for i in re.split(r"[;\s]+", values["LVS_VIRTUAL_IP"].strip()) if i]
+        assert [v.address for v in request.vips] == [parse_vips(i)[0].address for i in items]
+        assert lvs_request(parse_launch_params(text)) == request
 
 
 _vipish = hs.text(alphabet="0123456789abcdef.:|/;, {}x\t", max_size=60)
