@@ -103,8 +103,12 @@ def test_the_example_message_is_a_member_of_the_example_topology():
 def test_an_installed_wheel_carries_what_its_commands_need(tmp_path):
     """``pip install`` (not the clone): the demo finds its sample payload and
     ``install-pca`` the shim -- both ship inside the package."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, capture_output=True)
+    source = tmp_path / "src"       # a copy: the build leaves nothing in the clone
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".tox", ".cache", "build", "*.egg-info", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
+                   check=True, capture_output=True)
     wheel = next((tmp_path / "dist").glob("cartridge_agent_lvs-*.whl"))
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",

@@ -35,7 +35,7 @@ from typing import Callable, List, Optional, Tuple
 from ..errors import HostError
 from ..payload import LvsRequest
 from .modes import DUMMY, LOOPBACK, TUNNEL, BindingMode, mode_of
-from .netlink import NetlinkHost, NoDummyDriver, PartialAdd
+from .netlink import NetlinkHost, NoLinkDriver, PartialAdd
 from .state import State, StateStore
 from .sysctl import Sysctl
 
@@ -192,7 +192,7 @@ class VipBinder:
         self.store.save(state)
         try:
             index = self.host.create_dummy(request.interface)
-        except NoDummyDriver:
+        except NoLinkDriver:
             state.interface, state.mode, state.created_link = "lo", LOOPBACK.name, False
             if request.mode == "dummy":
                 raise HostError(f"LVS_MODE=dummy but the kernel of {self.host.where} has "

@@ -3,7 +3,7 @@
 A small object so tests and the CLI can hand it a namespace name.  Only what the
 real-server wing needs: find a link, create a dummy one, bring it up, list, add and
 delete host addresses.  Errors become :class:`HostError` (one line);
-:class:`NoDummyDriver` says the kernel lacks the dummy link kind (EOPNOTSUPP).
+:class:`NoLinkDriver` says the kernel lacks a link kind (dummy, ipip: EOPNOTSUPP).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from .rtnl import RTM_DELADDR, RTM_NEWADDR, RtnlSocket, strerror
 IFF_UP = 0x1
 
 
-class NoDummyDriver(HostError):
-    """The kernel has no ``dummy`` link kind (netlink EOPNOTSUPP)."""
+class NoLinkDriver(HostError):
+    """The kernel has no driver for a link kind (netlink EOPNOTSUPP)."""
 
 
 class PartialAdd(HostError):
@@ -115,39 +115,33 @@ class NetlinkHost:
         link = self._call("reading a link", self._conn().link, "get", index=index)[0]
         return bool(link["flags"] & IFF_UP)
 
-    def create_dummy(self, ifname: str) -> int:
+    def _add_link(self, ifname: str, kind: str, exists_ok: bool = False) -> int:
         try:
-            self._conn().link("add", ifname=ifname, kind="dummy")
+            self._conn().link("add", ifname=ifname, kind=kind)
         except NetlinkError as exc:
             if exc.code == errno.EOPNOTSUPP:
-                raise NoDummyDriver(f"the kernel of {self.where} has no dummy link driver")\
-                    from None
-            raise HostError(f"creating dummy link {ifname} in {self.where}: "
-                            f"{strerror(exc.code)}") from exc
+                raise NoLinkDriver(f"the kernel of {self.where} has no {kind} link "
+                                   "driver") from None
+            if not (exists_ok and exc.code == errno.EEXIST):
+                raise HostError(f"creating {kind} link {ifname} in {self.where}: "
+                                f"{strerror(exc.code)}") from exc
         index = self.link_index(ifname)
         if index is None:
-            raise HostError(f"dummy link {ifname} vanished after creation in {self.where}")
+            raise HostError(f"{kind} link {ifname} is missing after its creation in "
+                            f"{self.where}")
         return index
+
+    def create_dummy(self, ifname: str) -> int:
+        """A new dummy link; :class:`NoLinkDriver` without the dummy driver."""
+        return self._add_link(ifname, "dummy")
 
     def ensure_tunnel(self, ifname: str = "tunl0") -> int:
         """The IPIP fallback device: asking for an ``ipip`` link makes the kernel load
         the module, which creates ``tunl0`` in every namespace (so the add itself
         answers EEXIST).  Never deleted: the kernel owns it."""
         index = self.link_index(ifname)
-        if index is None:
-            try:
-                self._conn().link("add", ifname=ifname, kind="ipip")
-            except NetlinkError as exc:
-                if exc.code == errno.EOPNOTSUPP:
-                    raise HostError(f"the kernel of {self.where} has no ipip tunnel driver "
-                                    "(module ipip): LVS_MODE=tunnel cannot work") from None
-                if exc.code != errno.EEXIST:
-                    raise HostError(f"creating {ifname} in {self.where}: "
-                                    f"{strerror(exc.code)}") from exc
-            index = self.link_index(ifname)
-        if index is None:
-            raise HostError(f"no {ifname} in {self.where} after loading ipip")
-        return index
+        return index if index is not None else self._add_link(ifname, "ipip",
+                                                               exists_ok=True)
 
     def set_up(self, index: int) -> None:
         self._call("bringing a link up", self._conn().link, "set", index=index, state="up")

@@ -273,7 +273,7 @@ def test_tunnel_mode_binds_on_tunl0_loosens_rp_filter_and_restores(netns, state_
 def test_tunnel_mode_without_the_ipip_driver_is_one_line(netns, state_dir):
     """The host kernel really has no ipip: nothing is changed."""
     before = snapshot(netns)
-    with pytest.raises(HostError, match="no ipip tunnel driver"):
+    with pytest.raises(HostError, match="no ipip link driver"):
         binder(netns, state_dir).apply(request("192.168.56.40", LVS_MODE="tunnel"))
     assert snapshot(netns) == before
 
