@@ -9,6 +9,9 @@ Verbs:
              keep keepalived in step.
 ``stats``    IPVS services and real servers with their counters (netlink), and the
              in-flight connections per cluster.
+``status``   what the running service serves, read from its ``/status`` document
+             (``metrics_listen``): per service the VIP, this director's VRRP role, the
+             real servers in the kernel or not, the last apply and its outcome.
 ``settings`` the effective settings, as config-file lines.
 
 Errors are one line on stderr and a non-zero exit: 2 for bad input (settings,
@@ -24,7 +27,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..clikit import verb_parser
-from ..errors import InputError, LvsError, TopologyError
+from ..errors import HostError, InputError, LvsError, TopologyError
 from . import settings as settings_mod
 from .files import open_regular
 from .keepalived import Keepalived, ValidationError
@@ -59,6 +62,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="topology to attribute real servers to clusters "
                        "(with --vip-map / --config)")
     settings_mod.add_arguments(stats)
+    status = verbs.add_parser(
+        "status", help="what the running service serves: per service the VIP, VRRP "
+        "role, real servers in the kernel or not, last apply (asks the service at "
+        "metrics_listen)")
+    status.add_argument("--json", action="store_true", help="the /status JSON document")
+    settings_mod.add_arguments(status, exclude=tuple(
+        o.name for o in settings_mod.OPTIONS if o.group != settings_mod.G_OBSERVE))
     return parser
 
 
@@ -122,15 +132,43 @@ def _stats(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    """GET /status from the running service and print it."""
+    import json
+    import urllib.error
+    import urllib.request
+    from .status import format_text
+    settings = settings_mod.load(args, need_vip_map=False)
+    if settings.metrics_listen is None:
+        raise InputError("metrics_listen", None, "status asks the running service: give "
+                         "--config FILE (the service's, with metrics_listen) or "
+                         "--metrics-listen [HOST:]PORT")
+    host, port = settings.metrics_listen
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        with urllib.request.urlopen(f"http://{where}/status", timeout=30) as answer:
+            doc = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        raise HostError(f"http://{where}/status answered {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise HostError(f"no lvs-extension answers on {where} (metrics_listen): {reason}; "
+                        "is 'lvs-extension run' running with this metrics_listen?") from None
+    except ValueError:
+        raise HostError(f"http://{where}/status did not answer a JSON document") from None
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_text(doc))
+    return 0
+
+
 _VERBS = {"render": _render, "check": _check, "run": _run, "settings": _settings}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.verb == "stats":
+        if args.verb in ("stats", "status"):
             _logging("WARNING")
-            return _stats(args)
+            return _stats(args) if args.verb == "stats" else _status(args)
         settings = settings_mod.load(args)
         _logging(settings.log_level)
         return _VERBS[args.verb](args, settings)

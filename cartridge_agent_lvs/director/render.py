@@ -60,8 +60,13 @@ class _Writer:
         self.line("}")
 
 
+def instance_name(version: int) -> str:
+    """The ``vrrp_instance`` owning the VIPs of one address family."""
+    return "VI_IPV4" if version == 4 else "VI_IPV6"
+
+
 def _vrrp(w: _Writer, vrrp: Vrrp, version: int, vips: Iterable[str]) -> None:
-    w.open(f"vrrp_instance {'VI_IPV4' if version == 4 else 'VI_IPV6'}")
+    w.open(f"vrrp_instance {instance_name(version)}")
     w.line(f"state {vrrp.state}")
     w.line(f"interface {vrrp.interface}")
     w.line(f"virtual_router_id {vrrp.virtual_router_id}")
@@ -135,7 +140,7 @@ def render(config: LvsConfig) -> str:
     w.line(f"router_id {vrrp.router_id}")
     if vrrp.sync_interface and config.vips:
         # connection sync follows the VRRP instance: master sends, backup receives
-        first = "VI_IPV4" if any(_family(v) == 4 for v in config.vips) else "VI_IPV6"
+        first = instance_name(4 if any(_family(v) == 4 for v in config.vips) else 6)
         w.line(f"lvs_sync_daemon {vrrp.sync_interface} {first} "
                f"id {vrrp.virtual_router_id}")
     w.close()

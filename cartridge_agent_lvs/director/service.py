@@ -22,7 +22,13 @@ Rules the loop keeps:
   written is retried with capped exponential backoff (and at once on SIGHUP) until
   it succeeds -- the file in place must not hide it;
 * SIGHUP re-requests the complete topology (re-reads the file) and forces a
-  re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0.
+  re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0;
+* after each reload the :class:`~.watcher.ConvergenceWatcher` (a thread that only
+  reads) checks that IPVS shows what was rendered; the loop never waits for it.
+
+The loop records what it does in :class:`~.metrics.LoopMetrics` and publishes an
+immutable :class:`~.status.DirectorView` (:meth:`Director.view`) for the metrics
+listener (``metrics_listen``), whose threads only read it and the kernel.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import signal
 import threading
 import time
 from dataclasses import replace
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple
+
+from prometheus_client import CollectorRegistry
 
 from ..errors import HostError, LvsError, SettingsError, TopologyError
 from .coalesce import Coalescer
@@ -42,10 +50,16 @@ from .drain import Drain
 from .feeds import Backoff, Feed, FeedUpdate
 from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
+from .metrics import KernelCollector, LoopMetrics, MetricsServer
+from .model import LvsConfig
 from .plan import plan, vrrp_of
 from .render import RenderedFileError, parse_rendered, render
 from .settings import read_secret
+from .stats import read_ipvs
+from .status import ApplyRecord, DirectorView
 from .topology import Topology, apply_event, is_handled, parse_topology
+from .vrrp import interface_addresses
+from .watcher import ConvergenceWatcher
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +71,15 @@ _POLL = 0.2
 _BATCH = 5000
 #: a logged problem is cut to this many characters (payloads can be megabytes)
 _MAX_MESSAGE = 400
+
+#: why a feed update changed nothing (``feed_events_ignored_total{reason}``)
+BEFORE_COMPLETE, UNHANDLED, INVALID, ERROR, UNCHANGED = (
+    "before_complete", "unhandled", "invalid", "error", "unchanged")
+#: what became of a configuration given to keepalived (``ApplyRecord.outcome``)
+RELOADED, NOT_RUNNING, UNCHANGED_FILE, RELOAD_FAILED, REJECTED, WRITE_FAILED, \
+    PLAN_FAILED = ("reloaded", "written; keepalived not running",
+                   "file already in place", "written; reload failed, retrying",
+                   "rejected by keepalived -t", "could not be written", "plan failed")
 
 
 class ProblemLog:
@@ -146,10 +169,15 @@ class Director:
 
     :param reload_backoff: delays between reload retries (default 1 s doubling to
         60 s, with jitter).
+    :param read_kernel: reads the IPVS table (default: :func:`~.stats.read_ipvs` in
+        this network namespace), for the convergence watcher.
+    :param clock: the loop's clock (the watcher's times must be comparable).
     """
 
     def __init__(self, settings, keepalived: Keepalived,
-                 reload_backoff: Optional[Backoff] = None) -> None:
+                 reload_backoff: Optional[Backoff] = None,
+                 read_kernel: Optional[Callable[[], tuple]] = None,
+                 clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.keepalived = keepalived
         self.topology: Optional[Topology] = None
@@ -168,6 +196,23 @@ class Director:
         self.handled = 0       #: feed updates handled (applied or ignored)
         self.renders = 0       #: times the pipeline ran
         self.reloads = 0       #: reloads signalled
+        self.registry = CollectorRegistry()
+        self.metrics = LoopMetrics(self.registry)
+        self.read_kernel = read_kernel or read_ipvs
+        self.watcher = ConvergenceWatcher(self.read_kernel, self.metrics, clock)
+        #: what keepalived was given last (the live file's content at start)
+        self.served: Optional[LvsConfig] = None
+        self.last_apply: Optional[ApplyRecord] = None
+        self._cause: Optional[float] = None     #: first unapplied change, received at
+        #: (config, previous, cause) to hand to the watcher once keepalived was told
+        self._verify: Optional[Tuple[LvsConfig, Optional[LvsConfig], Optional[float]]] = None
+
+    def view(self) -> DirectorView:
+        """The loop's state for the metrics and status readers (immutable parts)."""
+        topology = self.topology
+        return DirectorView(self.settings.vip_map, self.settings.interface, self.served,
+                            None if topology is None else frozenset(topology.services),
+                            self.last_apply, self.watcher.report, self.watcher.pending())
 
     def prepare(self) -> None:
         """At start: remove stale temporary files, seed the guard from the live file.
@@ -187,6 +232,7 @@ class Director:
                 # the file's virtual servers; the VRRP part is always the current one
                 config = replace(parse_rendered(text), vrrp=vrrp_of(self.settings))
                 self.guard.seed(config)
+                self.served = config
                 log.info("mass-removal guard baseline: %d real servers in %d virtual "
                          "servers, from the live %s", config.real_server_count(),
                          len(config.virtual_servers), conf)
@@ -198,28 +244,37 @@ class Director:
 
     # -- feed updates ---------------------------------------------------------------
 
-    def handle(self, update: FeedUpdate, now: float) -> bool:
-        """Fold *update* into the topology; True when the topology changed."""
+    def handle(self, update: FeedUpdate, now: float,
+               received: Optional[float] = None) -> bool:
+        """Fold *update* (received at *received*, default *now*) into the topology;
+        True when the topology changed."""
         self.handled += 1
+        self.metrics.event(update.name)
         try:
             new = self._fold(update)
         except TopologyError as exc:
+            self.metrics.ignored.labels(INVALID).inc()
             self.problems.report(update.name, f"ignored {update.name} from {update.source}: "
                                  f"{exc}")
             return False
         except Exception as exc:  # never let one payload end the service
+            self.metrics.ignored.labels(ERROR).inc()
             self.problems.report(update.name, f"ignored {update.name} from {update.source}: "
                                  f"unexpected {type(exc).__name__}: {exc}",
                                  logging.ERROR, exc_info=True)
             return False
-        if new is None or new is self.topology:
+        if new is None:
             return False
-        if update.complete and new == self.topology:   # e.g. a file re-read on SIGHUP
+        if new is self.topology or (update.complete and new == self.topology):
+            # a duplicate event, or e.g. a file re-read on SIGHUP
+            self.metrics.ignored.labels(UNCHANGED).inc()
             return False
         if self.topology is None:
             log.info("first complete topology received from %s", update.source)
         self.topology = new
         self.coalescer.touch(now)
+        if self._cause is None:
+            self._cause = now if received is None else received
         return True
 
     def _fold(self, update: FeedUpdate) -> Optional[Topology]:
@@ -228,14 +283,16 @@ class Director:
             self.problems.forget(update.name)
             return topology
         if self.topology is None:
+            self.metrics.ignored.labels(BEFORE_COMPLETE).inc()
             self.problems.report("before-complete", f"ignoring {update.name} and other "
                                  "events until the first complete topology arrives",
                                  logging.INFO)
             return None
         if not is_handled(update.name):
+            self.metrics.ignored.labels(UNHANDLED).inc()
             self.problems.report("unhandled", f"{update.name} from {update.source} does "
-                                 "not change what the director serves: ignored (logged "
-                                 "once per event name)", logging.INFO)
+                                 "not change what the director serves (logged once per "
+                                 "event name)", logging.INFO)
             return None
         return apply_event(self.topology, update.name, update.payload)
 
@@ -279,27 +336,52 @@ class Director:
         except (HostError, OSError) as exc:
             delay = self.reload_backoff.next()
             self._reload_at = now + delay
+            self.metrics.reload_failures.inc()
+            self._record(RELOAD_FAILED, False, str(exc))
             self.problems.report("reload", "could not reload keepalived; the new file is "
                                  f"in place, retrying with backoff: {exc}", logging.ERROR)
             log.debug("next reload attempt in %.2fs", delay)
             return False
+        detail = ""
         if self._reload_at is not None:
-            log.info("keepalived reloaded after %d failed attempt(s)",
-                     self.reload_backoff.attempts)
+            detail = f"after {self.reload_backoff.attempts} failed attempt(s)"
+            log.info("keepalived reloaded %s", detail)
         self._reload_pending, self._reload_at = False, None
         self.reload_backoff.reset()
         self.problems.forget("reload")
         if reloaded:
             self.reloads += 1
+            self.metrics.reloads.inc()
+        self._record(RELOADED if reloaded else NOT_RUNNING, True, detail)
+        self._hand_to_watcher()
         return reloaded
+
+    def _record(self, outcome: str, ok: bool, detail: str = "") -> None:
+        """The outcome of giving keepalived a configuration (status, metrics)."""
+        config = self.served or LvsConfig()
+        self.last_apply = ApplyRecord(time.time(), outcome, ok, detail,
+                                      len(config.virtual_servers),
+                                      config.real_server_count(), self.drain.draining,
+                                      self.guard.holding)
+        if ok:
+            self.metrics.last_success.set(self.last_apply.at)
+
+    def _hand_to_watcher(self) -> None:
+        """keepalived has been told (or the file was in place): verify IPVS."""
+        if self._verify is not None:
+            self.watcher.expect(*self._verify)
+            self._verify = None
 
     def _converge(self, now: float) -> None:
         force, self._force = self._force, False
+        cause, self._cause = self._cause, None
         self.coalescer.reset()
         self.renders += 1
+        started = time.perf_counter()
         try:
             result = plan(self.settings, self.topology)
         except SettingsError as exc:
+            self._record(PLAN_FAILED, False, str(exc))
             self.problems.report("plan", f"keeping the current configuration: {exc}",
                                  logging.ERROR)
             return
@@ -311,21 +393,34 @@ class Director:
         self._warned = warnings
         decision = self.guard.check(result.config, now)
         config = self.drain.apply(decision.config, now)
+        self.metrics.mass_removal_held.set(1 if decision.held else 0)
+        self.metrics.draining.set(self.drain.draining)
         text = render(config)
         if text == self._applied_text and not force:
             return
         try:
             changed = self.keepalived.write(text)
         except ValidationError as exc:
+            self.metrics.validation_failures.inc()
+            self._record(REJECTED, False, str(exc))
             self.problems.report("apply", "keepalived rejected the rendered configuration; "
                                  f"keeping the last good file: {exc}", logging.ERROR)
             return
         except (HostError, OSError) as exc:
+            self._record(WRITE_FAILED, False, str(exc))
             self.problems.report("apply", f"could not apply the configuration: {exc}",
                                  logging.ERROR)
             return
         self.problems.forget("apply")
+        first = self._applied_text is None
         self._applied_text = text
+        previous, self.served = self.served, config
+        if changed or force or first:
+            if self._verify is not None:    # a file keepalived was not told about yet
+                _, previous, older = self._verify
+                if older is not None:
+                    cause = older if cause is None else min(cause, older)
+            self._verify = (config, previous, cause)
         if changed:                     # a new file: reload now, backoff starts over
             self._reload_pending = True
             self._reload_at = None
@@ -333,6 +428,10 @@ class Director:
         reloaded = False
         if self._reload_pending and (changed or force):
             reloaded = self._reload(now)
+        elif not self._reload_pending:   # the file was already in place
+            self._record(UNCHANGED_FILE, True)
+            self._hand_to_watcher()
+        self.metrics.apply_duration.observe(time.perf_counter() - started)
         if changed:
             log.info("applied %d virtual servers, %d real servers (%d draining)%s%s",
                      len(config.virtual_servers), config.real_server_count(),
@@ -384,22 +483,52 @@ def run(settings, stop: Optional[threading.Event] = None, *,
     """
     feed = feed or build_feed(settings)
     if director is None:
-        director = Director(settings, keepalived or keepalived_for(settings))
+        director = Director(settings, keepalived or keepalived_for(settings), clock=clock)
     director.prepare()
+    director.metrics.watch_feed(feed)
+    server = None
+    if settings.metrics_listen:
+        server = serve_metrics(director, settings.metrics_listen)
     stop = stop or threading.Event()
-    updates: "queue.Queue[FeedUpdate]" = queue.Queue()
-    with _Signals() as signals:
-        feed.start(updates.put)
-        log.info("following the topology from the %s feed", feed.name)
-        try:
-            _loop(director, feed, updates, stop, signals, clock)
-        finally:
-            feed.stop()
+    updates: "queue.Queue[Tuple[float, FeedUpdate]]" = queue.Queue()
+    director.watcher.start()
+    try:
+        with _Signals() as signals:
+            feed.start(lambda update: updates.put((clock(), update)))
+            log.info("following the topology from the %s feed", feed.name)
+            try:
+                _loop(director, feed, updates, stop, signals, clock)
+            finally:
+                feed.stop()
+    finally:
+        director.watcher.stop()
+        if server is not None:
+            server.stop()
     log.info("stopped")
     return 0
 
 
-def _loop(director: Director, feed: Feed, updates: "queue.Queue[FeedUpdate]",
+def serve_metrics(director: Director, address: Tuple[str, int],
+                  read_addresses: Callable[[str], FrozenSet[str]] = interface_addresses
+                  ) -> MetricsServer:
+    """Start ``/metrics`` and ``/status`` for *director* on *address*.
+
+    :param read_addresses: the VRRP interface's addresses (default: read with
+        pyroute2 in this network namespace).
+    """
+    collector = KernelCollector(director.view, director.read_kernel, read_addresses)
+    director.registry.register(collector)
+    server = MetricsServer(address, director.registry, collector)
+    try:
+        server.start()
+    except HostError:
+        director.registry.unregister(collector)
+        raise
+    return server
+
+
+def _loop(director: Director, feed: Feed,
+          updates: "queue.Queue[Tuple[float, FeedUpdate]]",
           stop: threading.Event, signals: _Signals, clock: Clock) -> None:
     while not (stop.is_set() or signals.stop):
         if signals.hup:
@@ -412,17 +541,18 @@ def _loop(director: Director, feed: Feed, updates: "queue.Queue[FeedUpdate]",
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - clock()))
         try:
-            update: Optional[FeedUpdate] = updates.get(timeout=timeout)
+            item: Optional[Tuple[float, FeedUpdate]] = updates.get(timeout=timeout)
         except queue.Empty:
-            update = None
+            item = None
         handled = 0
-        while update is not None:
-            director.handle(update, clock())
+        while item is not None:
+            received, update = item
+            director.handle(update, clock(), received)
             handled += 1
             if handled >= _BATCH:
                 break
             try:
-                update = updates.get_nowait()
+                item = updates.get_nowait()
             except queue.Empty:
-                update = None
+                item = None
         director.tick(clock())

@@ -207,6 +207,22 @@ def host_port(value, key, source, line) -> Tuple[str, int]:
                                      source=_at(source, line))
 
 
+def listen(value, key, source, line) -> Tuple[str, int]:
+    """``[HOST:]PORT`` to listen on: HOST an IP address (IPv6 in brackets) or
+    ``localhost``; a bare PORT listens on 127.0.0.1.  No name lookup."""
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        host, port = "127.0.0.1", parse_port(value, key, error=SettingsError,
+                                             source=_at(source, line))
+    else:
+        host, port = endpoint(value, key, source, line)
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        return ipaddress.ip_address(host).compressed, port
+    except ValueError:
+        _fail(value, key, source, line, "HOST must be an IP address or localhost")
+
+
 def vip_map(value, key, source, line) -> Tuple[Tuple[str, str], ...]:
     """Service -> VIP: the Stratos string ``svc|VIP,svc|VIP`` or a mapping.
 
@@ -292,8 +308,13 @@ def _show_vip_map(value) -> str:
     return ",".join(f"{svc}|{vip}" for svc, vip in value)
 
 
+def _show_endpoint(value) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _show_endpoints(value) -> str:
-    return ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in value)
+    return ",".join(map(_show_endpoint, value))
 
 
 def _show_words(value) -> str:
@@ -362,10 +383,11 @@ class Option:
         return "none" if value is None else self.display(value)
 
 
-_G_SVC, _G_FILTER, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP = (
+_G_SVC, _G_FILTER, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP, G_OBSERVE = (
     "services", "topology filters (the subset of the topology this director serves)",
     "VRRP (director high availability)", "IPVS virtual servers", "health checks",
-    "keepalived", "topology feed", "service loop")
+    "keepalived", "topology feed", "service loop",
+    "observability (Prometheus /metrics and the /status document)")
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo",
               "ovf", "twos")
@@ -493,6 +515,14 @@ OPTIONS: Tuple[Option, ...] = (
     Option("allow_mass_removal", boolean, False, "apply mass removals at once", _G_LOOP),
     Option("log_level", choice("DEBUG", "INFO", "WARNING", "ERROR", case=False), "INFO",
            "log level", _G_LOOP),
+    # observability
+    Option("metrics_listen", optional(listen), None,
+           "serve Prometheus /metrics and the /status document on [HOST:]PORT (HOST an IP "
+           "address; a bare PORT listens on 127.0.0.1; none = off)", G_OBSERVE,
+           "[HOST:]PORT", display=_show_endpoint),
+    Option("metrics_allow_remote", boolean, False,
+           "allow a metrics_listen address that is not loopback (/metrics and /status "
+           "name every VIP and real server)", G_OBSERVE),
 )
 
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
@@ -624,8 +654,12 @@ def _section(config: ConfigFile, header: str, path: str, line: int) -> str:
     return name
 
 
-def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
+def load(given: Any = None, config_path: Optional[str] = None, *,
+         need_vip_map: bool = True) -> Settings:
     """Settings from defaults, then *config_path*, then *given*.
+
+    ``need_vip_map=False`` is for a caller that only reads other settings (``status``
+    reads ``metrics_listen``): a missing ``vip_map`` is then not an error.
 
     *given* is an ``argparse.Namespace`` (attributes named after the options; absent
     or None = not given; ``config`` names the config file) or a plain dict of option
@@ -647,23 +681,30 @@ def load(given: Any = None, config_path: Optional[str] = None) -> Settings:
             raise SettingsError(unknown[0], items[unknown[0]], "unknown setting")
         flags = False
     parsed: Dict[str, Any] = {}
+    #: option name -> (key as given, file, line): where a parsed value came from
+    origin: Dict[str, Tuple[str, Optional[str], Optional[int]]] = {}
     if config_path:
         config = read_config(config_path)
         parsed.update(_parsed(config.values, config_path))
+        origin.update({name: (name, config_path, line)
+                       for name, (_, line) in config.values.items()})
         for service, (line, entries) in config.sections.items():
             headers[service] = line
             overrides[service] = {**_parsed(entries, config_path),
                                   **overrides.get(service, {})}
     for name, value in items.items():
         option = BY_NAME[name]
-        parsed[name] = option.parse(value, option.flag if flags else name, None, None)
+        key = option.flag if flags else name
+        parsed[name] = option.parse(value, key, None, None)
+        origin[name] = (key, None, None)
     values.update(parsed)
     if values["auth_pass_file"]:
         _auth_pass_from_file(values)
-    if values["vip_map"] is None:
+    _check_listen(values, origin.get("metrics_listen", ("metrics_listen", None, None)))
+    if values["vip_map"] is None and need_vip_map:
         raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
                             "vip_map in the config file", config_path)
-    mapped = dict(values["vip_map"])
+    mapped = dict(values["vip_map"] or ())
     for service in sorted(overrides):
         if service not in mapped:
             raise SettingsError("service", service, "has a [service] section but is not in "
@@ -699,6 +740,20 @@ def _auth_pass_from_file(values: Dict[str, Any]) -> None:
                             "not both")
     values["auth_pass"] = BY_NAME["auth_pass"].parse(read_secret(path, "auth_pass_file"),
                                                      "auth_pass_file", path, 1)
+
+
+def _check_listen(values: Dict[str, Any],
+                  origin: Tuple[str, Optional[str], Optional[int]]) -> None:
+    """A non-loopback ``metrics_listen`` only with ``metrics_allow_remote``."""
+    address = values["metrics_listen"]
+    if address is None or values["metrics_allow_remote"]:
+        return
+    if not ipaddress.ip_address(address[0]).is_loopback:
+        key, source, line = origin
+        raise SettingsError(key, _show_endpoint(address), "is not a loopback address: "
+                            "/metrics and /status name every VIP and real server; set "
+                            "metrics_allow_remote = true (--metrics-allow-remote) to serve "
+                            "them to the network", source, line)
 
 
 # -- what is generated from the declaration ------------------------------------------

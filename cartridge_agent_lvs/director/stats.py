@@ -1,9 +1,8 @@
-"""IPVS statistics through generic netlink (pyroute2's IPVS API) -- never ipvsadm text.
+"""IPVS statistics through generic netlink -- never ipvsadm text.
 
-``read_ipvs(netns)`` dumps every virtual service and its real servers; the message
-decoding is in pure functions (:func:`service_from_message`,
-:func:`dest_from_message`) over pyroute2 messages, which are read with nested keys
-such as ``("service", "addr")`` or ``("dest", "stats64", "IPVS_STATS_ATTR_INBYTES")``.
+``read_ipvs(netns)`` dumps every virtual service and its real servers
+(:mod:`.ipvs_netlink`); the decoding is in pure functions (:func:`service_from_attrs`,
+:func:`dest_from_attrs`) over the messages' attributes.
 ``cluster_totals`` gives the in-flight (active) connections per Stratos cluster, as
 the Stratos statistics reader did, by matching real servers with the planned
 configuration.
@@ -12,17 +11,22 @@ configuration.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import socket
+import struct
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import HostError
+from .ipvs_netlink import Attrs, GenlSocket, NoIpvs, attributes, dump
 from .model import LvsConfig
 
 PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP"}
 #: IP_VS_CONN_F_FWD_MASK values
 FORWARDING = {0: "NAT", 1: "LOCAL", 2: "TUN", 3: "DR", 4: "BYPASS"}
-_COUNTERS = (("conns", "CONNS"), ("in_packets", "INPKTS"), ("out_packets", "OUTPKTS"),
-             ("in_bytes", "INBYTES"), ("out_bytes", "OUTBYTES"))
+
+
+class IpvsUnavailable(HostError):
+    """The kernel has no IPVS (no ip_vs module): a property of the host, not an event."""
 
 
 @dataclass(frozen=True)
@@ -59,72 +63,92 @@ class ServiceStats:
         return (self.address, self.port, self.protocol)
 
 
-def _counters(msg: Any, kind: str) -> Dict[str, int]:
-    out = {}
-    for name, attr in _COUNTERS:
-        value = msg.get((kind, "stats64", f"IPVS_STATS_ATTR_{attr}"))
-        if value is None:   # kernels before 4.1 send only 32-bit stats
-            value = msg.get((kind, "stats", f"IPVS_STATS_ATTR_{attr}"))
-        out[name] = int(value or 0)
-    return out
+# IPVS_SVC_ATTR_*, IPVS_DEST_ATTR_*, IPVS_STATS_ATTR_* (include/uapi/linux/ip_vs.h)
+SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK, SVC_SCHED_NAME = 1, 2, 3, 4, 5, 6
+SVC_STATS, SVC_STATS64 = 10, 12
+DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
+DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = \
+    7, 8, 10, 11, 12
+_U16, _U32, _S32, _U64, _BE16 = (struct.Struct(f) for f in ("=H", "=I", "=i", "=Q", "!H"))
+#: counter name -> (IPVS_STATS_ATTR_*, its width in the 32-bit IPVS_*_ATTR_STATS)
+_STATS = {"conns": (1, _U32), "in_packets": (2, _U32), "out_packets": (3, _U32),
+          "in_bytes": (4, _U64), "out_bytes": (5, _U64)}
 
 
-def service_from_message(msg: Any) -> ServiceStats:
-    fwmark = int(msg.get(("service", "fwmark")) or 0)
-    protocol = PROTOCOLS.get(msg.get(("service", "protocol")), "FWM" if fwmark else "?")
-    return ServiceStats(protocol=protocol, address=str(msg.get(("service", "addr")) or ""),
-                        port=int(msg.get(("service", "port")) or 0), fwmark=fwmark,
-                        scheduler=str(msg.get(("service", "sched_name")) or ""),
-                        **_counters(msg, "service"))
+def _number(attrs: Attrs, kind: int, form: struct.Struct = _U32) -> int:
+    raw = attrs.get(kind)
+    return form.unpack_from(raw)[0] if raw is not None and len(raw) >= form.size else 0
 
 
-def dest_from_message(msg: Any) -> DestStats:
-    method = int(msg.get(("dest", "fwd_method")) or 0) & 0x7
-    return DestStats(address=str(msg.get(("dest", "addr"))),
-                     port=int(msg.get(("dest", "port")) or 0),
+def _counters(attrs: Attrs, stats64: int, stats32: int) -> Dict[str, int]:
+    if stats64 in attrs:
+        values = attributes(attrs[stats64])
+        return {name: _number(values, kind, _U64) for name, (kind, _) in _STATS.items()}
+    values = attributes(attrs.get(stats32, b""))    # kernels before 4.1: 32-bit stats
+    return {name: _number(values, kind, form) for name, (kind, form) in _STATS.items()}
+
+
+def _address(raw: bytes, family: int) -> str:
+    """An address attribute: the kernel sends the 16-byte ``nf_inet_addr`` union."""
+    if family == socket.AF_INET6 and len(raw) >= 16:
+        return socket.inet_ntop(socket.AF_INET6, raw[:16])
+    if family == socket.AF_INET and len(raw) >= 4:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return ""
+
+
+def service_from_attrs(a: Attrs) -> ServiceStats:
+    """A service's ``IPVS_SVC_ATTR_*`` attributes, decoded (pure)."""
+    fwmark = _number(a, SVC_FWMARK)
+    protocol = PROTOCOLS.get(_number(a, SVC_PROTOCOL, _U16), "FWM" if fwmark else "?")
+    return ServiceStats(protocol=protocol,
+                        address=_address(a.get(SVC_ADDR, b""), _number(a, SVC_AF, _U16)),
+                        port=_number(a, SVC_PORT, _BE16), fwmark=fwmark,
+                        scheduler=a.get(SVC_SCHED_NAME, b"").split(b"\0")[0].decode(
+                            "ascii", "replace"),
+                        **_counters(a, SVC_STATS64, SVC_STATS))
+
+
+def dest_from_attrs(a: Attrs, family: int) -> DestStats:
+    """A destination's ``IPVS_DEST_ATTR_*`` attributes, decoded (pure); *family* is its
+    service's, for kernels that send no ``IPVS_DEST_ATTR_ADDR_FAMILY``."""
+    method = _number(a, DEST_FWD_METHOD) & 0x7
+    return DestStats(address=_address(a.get(DEST_ADDR, b""),
+                                      _number(a, DEST_ADDR_FAMILY, _U16) or family),
+                     port=_number(a, DEST_PORT, _BE16),
                      forwarding=FORWARDING.get(method, str(method)),
-                     weight=int(msg.get(("dest", "weight")) or 0),
-                     active_conns=int(msg.get(("dest", "active_conns")) or 0),
-                     inactive_conns=int(msg.get(("dest", "inact_conns")) or 0),
-                     **_counters(msg, "dest"))
-
-
-def _open_ipvs(netns: Optional[str]):
-    from pyroute2 import IPVS
-    return IPVS(netns=netns, flags=0) if netns else IPVS()
+                     weight=_number(a, DEST_WEIGHT, _S32),
+                     active_conns=_number(a, DEST_ACTIVE_CONNS),
+                     inactive_conns=_number(a, DEST_INACT_CONNS),
+                     **_counters(a, DEST_STATS64, DEST_STATS))
 
 
 def read_ipvs(netns: Optional[str] = None,
-              ipvs_factory: Optional[Callable[[Optional[str]], Any]] = None
+              sock_factory: Optional[Callable[[Optional[str]], Any]] = None
               ) -> Tuple[ServiceStats, ...]:
-    """Every IPVS service with its real servers, sorted; HostError when unavailable."""
-    from pyroute2 import IPVSService
-    from pyroute2.netlink.exceptions import NetlinkError
+    """Every IPVS service with its real servers, sorted; HostError when unavailable.
+
+    :param sock_factory: opens the generic netlink socket (default
+        :class:`~.ipvs_netlink.GenlSocket` in *netns*).
+    """
     where = f"network namespace {netns}" if netns else "this host"
     try:
-        ipvs = (ipvs_factory or _open_ipvs)(netns)
-    except NetlinkError as exc:
-        if exc.code == 2:
-            raise HostError(f"IPVS is not available in the kernel of {where} (no ip_vs "
-                            "module / generic netlink family)") from None
-        raise HostError(f"cannot open IPVS netlink in {where}: {exc}") from None
+        table = dump(netns, sock_factory or GenlSocket)
+    except NoIpvs:
+        raise IpvsUnavailable(f"IPVS is not available in the kernel of {where} (no ip_vs "
+                        "module / generic netlink family)") from None
     except FileNotFoundError:
         raise HostError(f"network namespace {netns!r} does not exist") from None
-    try:
-        services = []
-        for msg in ipvs.service("dump"):
-            service = service_from_message(msg)
-            dests = tuple(sorted(
-                (dest_from_message(d) for d in
-                 ipvs.dest("dump", service=IPVSService.from_message(msg))),
-                key=lambda d: (d.address, d.port)))
-            services.append(ServiceStats(**{**asdict(service), "dests": dests}))
-        return tuple(sorted(services, key=lambda s: (s.fwmark, s.address, s.port,
-                                                      s.protocol)))
-    except NetlinkError as exc:
-        raise HostError(f"reading IPVS in {where}: {exc}") from None
-    finally:
-        ipvs.close()
+    except OSError as exc:
+        raise HostError(f"reading IPVS in {where}: {exc.strerror or exc}") from None
+    services = []
+    for service_attrs, dest_attrs in table:
+        service = service_from_attrs(service_attrs)
+        family = _number(service_attrs, SVC_AF, _U16)
+        dests = tuple(sorted((dest_from_attrs(d, family) for d in dest_attrs),
+                             key=lambda d: (d.address, d.port)))
+        services.append(replace(service, dests=dests))
+    return tuple(sorted(services, key=lambda s: (s.fwmark, s.address, s.port, s.protocol)))
 
 
 def cluster_totals(services: Tuple[ServiceStats, ...],

@@ -8,73 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import struct
 
 import pytest
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic.ipvs import ipvsmsg
 
-from cartridge_agent_lvs.director import stats
+from cartridge_agent_lvs.director import ipvs_netlink, stats
 from cartridge_agent_lvs.director.cli import main
 from cartridge_agent_lvs.director.model import LvsConfig, RealServer, VirtualServer
 from cartridge_agent_lvs.errors import HostError
 
-
-def _stats(prefix_counters):
-    return {"attrs": [(f"IPVS_STATS_ATTR_{k}", v) for k, v in prefix_counters.items()]}
-
-
-def message(kind: str, attrs: dict, counters: dict) -> ipvsmsg:
-    """A genuine IPVS netlink message, round-tripped through its wire encoding."""
-    prefix = "IPVS_SVC_ATTR_" if kind == "service" else "IPVS_DEST_ATTR_"
-    nla = [(prefix + k, v) for k, v in attrs.items()]
-    nla.append((prefix + "STATS64", _stats(counters)))
-    msg = ipvsmsg()
-    msg["attrs"] = [("IPVS_CMD_ATTR_" + kind.upper(), {"attrs": nla})]
-    msg.encode()
-    decoded = ipvsmsg(msg.data)
-    decoded.decode()
-    return decoded
-
-
-def svc(addr, port, proto=6, af=2, sched="rr", fwmark=None, **counters):
-    attrs = {"AF": af, "PROTOCOL": proto, "ADDR": addr, "PORT": port, "SCHED_NAME": sched,
-             "FLAGS": {"flags": 0, "mask": 0xFFFF}, "TIMEOUT": 0}
-    if fwmark:
-        attrs = {"AF": af, "FWMARK": fwmark, "SCHED_NAME": sched,
-                 "FLAGS": {"flags": 0, "mask": 0xFFFF}, "TIMEOUT": 0}
-    if af == 2 and not fwmark:
-        attrs["NETMASK"] = "255.255.255.255"
-    return message("service", attrs, counters)
-
-
-def dest(addr, port, af=2, weight=1, active=0, inactive=0, fwd=3, **counters):
-    return message("dest", {"ADDR_FAMILY": af, "ADDR": addr, "PORT": port,
-                            "FWD_METHOD": fwd, "WEIGHT": weight, "ACTIVE_CONNS": active,
-                            "INACT_CONNS": inactive}, counters)
-
-
-class FakeIPVS:
-    """Stands in for pyroute2.IPVS: answers dumps with the given messages."""
-
-    def __init__(self, table):
-        self.table = table            # [(service message, [dest messages])]
-        self.closed = False
-
-    def service(self, command):
-        assert command == "dump"
-        return [s for s, _ in self.table]
-
-    def dest(self, command, service):
-        assert command == "dump"
-        for s, dests in self.table:
-            if (s.get(("service", "addr")), s.get(("service", "port"))) == (
-                    service.get("addr"), service.get("port")):
-                return dests
-        return []
-
-    def close(self):
-        self.closed = True
-
+from ._ipvs import FakeGenl, dest, svc
 
 TABLE = [
     (svc("192.0.2.10", 80, CONNS=30, INPKTS=300, OUTPKTS=0, INBYTES=30000, OUTBYTES=0),
@@ -96,11 +40,11 @@ CONFIG = LvsConfig((
 
 @pytest.fixture
 def fake():
-    return FakeIPVS(TABLE)
+    return FakeGenl(TABLE)
 
 
 def read(fake):
-    return stats.read_ipvs(None, ipvs_factory=lambda netns: fake)
+    return stats.read_ipvs(None, sock_factory=lambda netns: fake)
 
 
 def test_services_and_dests_are_decoded_and_sorted(fake):
@@ -127,17 +71,61 @@ def test_json_and_table(fake):
     doc = json.loads(stats.to_json(services, totals))
     assert doc["clusters"]["tomcat.shop"] == 4
     assert doc["services"][0]["dests"][1]["active_conns"] == 4
-    assert stats.to_json(services, totals) == stats.to_json(read(FakeIPVS(TABLE)), totals)
+    assert stats.to_json(services, totals) == stats.to_json(read(FakeGenl(TABLE)), totals)
     table = stats.format_table(services, totals)
     assert "192.0.2.10:80 rr" in table and "[fd99::53]:53 sh" in table
     assert "tomcat.shop: 4" in table
 
 
+def test_a_dump_in_many_datagrams_and_the_requests_sent():
+    fake = FakeGenl(TABLE, split=True)
+    assert read(fake) == read(FakeGenl(TABLE))
+    dests = [r.get_attr("IPVS_CMD_ATTR_SERVICE") for r in fake.requests[1:]]
+    assert [(d.get_attr("IPVS_SVC_ATTR_ADDR"), d.get_attr("IPVS_SVC_ATTR_PORT"),
+             d.get_attr("IPVS_SVC_ATTR_FWMARK")) for d in dests] == [
+        ("192.0.2.10", 80, None), ("fd99::53", 53, None), (None, None, 5)]
+
+
+def _nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind | (0x8000 if nested else 0)) + payload + \
+        b"\0" * ((4 - length % 4) % 4)
+
+
+def test_the_kernels_own_layout_16_byte_addresses_and_32_bit_stats():
+    """What a kernel sends, byte for byte: the address as the 16-byte nf_inet_addr
+    union, ports in network order, nested attributes flagged, and -- before 4.1 --
+    only the 32-bit stats."""
+    stats32 = (_nla(1, struct.pack("=I", 30)) + _nla(2, struct.pack("=I", 300))
+               + _nla(4, struct.pack("=Q", 30000)))
+    service = stats.service_from_attrs(ipvs_netlink.attributes(
+        _nla(1, struct.pack("=H", 2)) + _nla(2, struct.pack("=H", 6))
+        + _nla(3, socket.inet_aton("192.0.2.10") + b"\0" * 12)
+        + _nla(4, struct.pack("!H", 8080)) + _nla(6, b"wlc\0")
+        + _nla(10, stats32, nested=True)))
+    assert (service.protocol, service.address, service.port, service.scheduler) == \
+        ("TCP", "192.0.2.10", 8080, "wlc")
+    assert (service.conns, service.in_packets, service.in_bytes, service.out_bytes) == \
+        (30, 300, 30000, 0)
+    dest = stats.dest_from_attrs(ipvs_netlink.attributes(
+        _nla(1, socket.inet_pton(socket.AF_INET6, "fd00::21"))
+        + _nla(2, struct.pack("!H", 80)) + _nla(3, struct.pack("=I", 2))
+        + _nla(4, struct.pack("=I", 5)) + _nla(7, struct.pack("=I", 4))
+        + _nla(8, struct.pack("=I", 1))
+        + _nla(12, _nla(1, struct.pack("=Q", 2 ** 40)), nested=True)), socket.AF_INET6)
+    assert dest == stats.DestStats("fd00::21", 80, "TUN", 5, 4, 1, 2 ** 40, 0, 0, 0, 0)
+
+
+def test_a_missing_namespace_is_one_clear_host_error():
+    with pytest.raises(HostError, match="network namespace 'no-such-ns' does not exist"):
+        stats.read_ipvs("no-such-ns")
+
+
 def test_missing_ipvs_is_one_clear_host_error():
-    def no_family(netns):
-        raise NetlinkError(2, "No such file or directory")
+    fake = FakeGenl(TABLE, missing=True)
     with pytest.raises(HostError, match="IPVS is not available"):
-        stats.read_ipvs(None, ipvs_factory=no_family)
+        stats.read_ipvs(None, sock_factory=lambda netns: fake)
+    assert fake.closed
 
 
 @pytest.mark.skipif(os.path.exists("/proc/net/ip_vs"), reason="this kernel has IPVS")
@@ -153,7 +141,7 @@ def test_cli_stats_attributes_clusters_from_a_topology(mocker, capsys):
     sample = os.path.join(os.path.dirname(__file__), "samples", "shop-topology.json")
     table = [(svc("192.168.56.40", 80), [dest("10.0.1.11", 80, active=3),
                                           dest("203.0.113.21", 80, active=2)])]
-    mocker.patch.object(stats, "_open_ipvs", return_value=FakeIPVS(table))
+    mocker.patch.object(stats, "GenlSocket", return_value=FakeGenl(table))
     code = main(["stats", "--json", "--topology", sample, "--vip-map",
                  "tomcat|192.168.56.40"])
     doc = json.loads(capsys.readouterr().out)

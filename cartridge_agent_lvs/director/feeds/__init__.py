@@ -73,6 +73,9 @@ class Feed:
     """
 
     name = "feed"
+    #: the source answers: the file was read, the broker session is up, the last poll
+    #: succeeded (set by the feed's thread, read by the metrics)
+    connected = False
 
     def start(self, sink: Sink) -> None:
         raise NotImplementedError

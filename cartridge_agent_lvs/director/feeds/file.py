@@ -51,8 +51,10 @@ class FileFeed(ThreadFeed):
         except OSError as exc:
             self._states.report("cannot be read, keeping the last good topology",
                                 exc.strerror or str(exc), logging.ERROR)
+            self.connected = False
             return None, None
         self._states.report("read")
+        self.connected = True
         return _signature(st), data
 
     def _run(self) -> None:

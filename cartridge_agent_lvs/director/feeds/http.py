@@ -175,10 +175,12 @@ class HttpFeed(ThreadFeed):
                 except (requests.RequestException, IOError) as exc:
                     if self._stopping.is_set():
                         break
+                    self.connected = False
                     self._states.report("failing, keeping the last good topology; retrying "
                                         "with backoff", _describe(exc), logging.WARNING)
                     delay = self.backoff.next()
                 else:
+                    self.connected = True
                     self._states.report("ok")
                     self.backoff.reset()
                     if body is not None:

@@ -90,6 +90,7 @@ class MqttFeed(ThreadFeed):
             self._refusal = str(reason_code)
             return
         self._session_ok = True
+        self.connected = True
         self._connected_at = time.monotonic()
         client.subscribe(TOPIC, qos=1)
         self._request_complete(client)
@@ -169,6 +170,7 @@ class MqttFeed(ThreadFeed):
                     break
                 self._watch_complete()
         finally:
+            self.connected = False
             client.disconnect()
             client.loop(timeout=0)   # flush the DISCONNECT, close the socket
             sock = client.socket()

@@ -1,0 +1,164 @@
+"""Does the kernel's IPVS table show what keepalived was asked to serve?  Pure.
+
+A reload is a SIGHUP: fire and forget.  keepalived can fail to apply a file that
+``keepalived -t`` accepted, or not run at all.  So after each reload the service
+reads IPVS back (:mod:`.watcher`) and compares it with the configuration it
+rendered, using :func:`compare`.
+
+**Converged** means, for the rendered :class:`~.model.LvsConfig`:
+
+1. every desired virtual server (VIP, port, protocol) is in IPVS, with the desired
+   scheduler;
+2. every real server IPVS lists under a desired virtual server is desired there
+   (or is that virtual server's ``sorry_server``), with the desired weight;
+3. every real server that is *new* in this configuration (not in the one served
+   before) has been seen in IPVS at least once since the reload: keepalived adds a
+   new real server at once (no ``alpha`` is rendered) and its health check takes it
+   out later if it is down;
+4. no other IPVS service exists (keepalived.conf is this director's whole file).
+
+A desired real server that was already served before the reload and is absent from
+IPVS is **not in kernel**: keepalived kept its checker state across the reload and
+its health check holds it out.  The kernel cannot say why a real server is absent,
+so this is reported apart (status, ``real_server_in_kernel 0``) and is not drift.
+
+Everything else is **drift**: desired entries *missing* (a virtual server, which
+counts once, a wrong scheduler, a new real server never seen, a wrong weight) and
+*unexpected* entries present.  :func:`bound` is how long a reload may take before
+drift is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
+
+from .guard import Slot, real_server_slots
+from .model import LvsConfig
+from .stats import ServiceStats, _endpoint
+
+VsKey = Tuple[str, int, str]
+
+#: what keepalived needs to re-read its file and change IPVS, beyond a check cycle
+RELOAD_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Drift:
+    """The difference between a desired configuration and IPVS (empty = converged)."""
+
+    missing_virtual_servers: Tuple[VsKey, ...] = ()
+    #: (virtual server, desired scheduler, kernel scheduler)
+    wrong_schedulers: Tuple[Tuple[VsKey, str, str], ...] = ()
+    #: new real servers not seen in IPVS since the reload
+    missing_real_servers: Tuple[Slot, ...] = ()
+    #: (slot, desired weight, kernel weight)
+    wrong_weights: Tuple[Tuple[Slot, int, int], ...] = ()
+    unexpected_virtual_servers: Tuple[VsKey, ...] = ()
+    unexpected_real_servers: Tuple[Slot, ...] = ()
+    #: served before the reload, absent now: held out by the health check (not drift)
+    not_in_kernel: Tuple[Slot, ...] = ()
+
+    @property
+    def missing(self) -> int:
+        """Desired entries IPVS does not show as desired."""
+        return (len(self.missing_virtual_servers) + len(self.wrong_schedulers)
+                + len(self.missing_real_servers) + len(self.wrong_weights))
+
+    @property
+    def unexpected(self) -> int:
+        """Entries IPVS shows that are not desired."""
+        return len(self.unexpected_virtual_servers) + len(self.unexpected_real_servers)
+
+    @property
+    def converged(self) -> bool:
+        return self.missing == 0 and self.unexpected == 0
+
+    def lines(self) -> List[str]:
+        """One short phrase per drift entry (for logs and the status document)."""
+        out = [f"virtual server {vs_name(k)} missing" for k in self.missing_virtual_servers]
+        out += [f"virtual server {vs_name(k)} scheduler {kernel}, not {want}"
+                for k, want, kernel in self.wrong_schedulers]
+        out += [f"real server {slot_name(s)} never appeared" for s in self.missing_real_servers]
+        out += [f"real server {slot_name(s)} weight {kernel}, not {want}"
+                for s, want, kernel in self.wrong_weights]
+        out += [f"unexpected virtual server {vs_name(k)}"
+                for k in self.unexpected_virtual_servers]
+        out += [f"unexpected real server {slot_name(s)}" for s in self.unexpected_real_servers]
+        return out
+
+    def summary(self, limit: int = 5) -> str:
+        lines = self.lines()
+        more = f"; ... ({len(lines) - limit} more)" if len(lines) > limit else ""
+        return "; ".join(lines[:limit]) + more
+
+
+def vs_name(key: VsKey) -> str:
+    vip, port, protocol = key
+    return f"{protocol} {_endpoint(vip, port)}" if vip else f"{protocol} {port}"
+
+
+def slot_name(slot: Slot) -> str:
+    vs, (ip, port) = slot
+    return f"{_endpoint(ip, port)} of {vs_name(vs)}"
+
+
+def kernel_key(service: ServiceStats) -> VsKey:
+    """A kernel service's key; a firewall-mark service has no address (``FWM mark``)."""
+    return ("", service.fwmark, "FWM") if service.fwmark else service.key
+
+
+def kernel_slots(services: Iterable[ServiceStats]) -> FrozenSet[Slot]:
+    """Every (virtual server, real server) pair IPVS shows."""
+    return frozenset((kernel_key(s), (d.address, d.port)) for s in services for d in s.dests)
+
+
+def new_slots(desired: LvsConfig, previous: Optional[LvsConfig]) -> FrozenSet[Slot]:
+    """The real servers *desired* serves that *previous* did not."""
+    before = real_server_slots(previous) if previous is not None else frozenset()
+    return real_server_slots(desired) - before
+
+
+def compare(desired: LvsConfig, kernel: Sequence[ServiceStats],
+            pending: FrozenSet[Slot] = frozenset()) -> Drift:
+    """*kernel* against *desired*; *pending*: new real servers not yet seen in IPVS."""
+    by_key = {kernel_key(s): s for s in kernel}
+    missing_vs, schedulers, missing_rs, weights, unexpected_rs, absent = [], [], [], [], [], []
+    for vs in desired.virtual_servers:
+        found = by_key.pop(vs.key, None)
+        if found is None:
+            missing_vs.append(vs.key)
+            continue
+        if vs.policy is not None and found.scheduler != vs.policy.scheduler:
+            schedulers.append((vs.key, vs.policy.scheduler, found.scheduler))
+        dests = {(d.address, d.port): d for d in found.dests}
+        for rs in vs.real_servers:
+            slot = (vs.key, rs.key)
+            dest = dests.pop(rs.key, None)
+            if dest is None:
+                (missing_rs if slot in pending else absent).append(slot)
+            elif dest.weight != rs.weight:
+                weights.append((slot, rs.weight, dest.weight))
+        sorry = vs.policy.sorry_server if vs.policy is not None else None
+        unexpected_rs += [(vs.key, key) for key in sorted(dests) if key != sorry]
+    return Drift(tuple(missing_vs), tuple(schedulers), tuple(missing_rs), tuple(weights),
+                 tuple(sorted(by_key)), tuple(unexpected_rs), tuple(absent))
+
+
+def bound(config: LvsConfig) -> float:
+    """Seconds after a reload by which IPVS must show *config*.
+
+    :data:`RELOAD_GRACE` plus one health-check cycle of the slowest virtual server
+    (``delay_loop + connect_timeout * (retry + 1)``): keepalived re-reads the whole file
+    in its checker process, and a real server kept across the reload may be held out
+    until its next check.
+    """
+    cycles = [0.0]
+    for vs in config.virtual_servers:
+        policy = vs.policy
+        if policy is None:
+            continue
+        check = policy.check
+        cycles.append(policy.delay_loop + (check.connect_timeout * (check.retry + 1)
+                                           if check is not None else 0))
+    return RELOAD_GRACE + max(cycles)
