@@ -38,8 +38,8 @@ MAX_EVENT_BYTES = 4 << 20
 
 def sample(name: str) -> str:
     """A shipped sample payload (``payload_samples/``, packaged with the code)."""
-    from importlib import resources
-    return str(resources.files("cartridge_agent_lvs.payload_samples").joinpath(name))
+    from ..shipped import folder
+    return str(folder("payload_samples").joinpath(name))
 
 
 def _parser() -> argparse.ArgumentParser:

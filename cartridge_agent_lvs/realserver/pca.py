@@ -24,10 +24,10 @@ import os
 import shutil
 import sys
 import tempfile
-from importlib import resources
 from typing import List, Optional
 
 from ..errors import InputError
+from ..shipped import folder
 
 SHIM = "LvsRealServer.py"
 DESCRIPTOR = "LvsRealServer.yapsy-plugin"
@@ -114,7 +114,7 @@ def install(home: str, command: Optional[str] = None, timeout: float = 60.0,
     if not 1 <= timeout <= 3600:
         raise InputError("--timeout", timeout, "must be between 1 and 3600 seconds")
     done: List[str] = []
-    source = resources.files("cartridge_agent_lvs.pca_plugin")
+    source = folder("pca_plugin")
     for name in (SHIM, DESCRIPTOR):
         if _write(agent.path(name), source.joinpath(name).read_bytes(), 0o644):
             done.append(f"wrote {agent.path(name)}")
