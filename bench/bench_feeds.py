@@ -7,9 +7,12 @@ Runs ``lvs-extension run``'s loop (``service.run`` with the MQTT feed, the real
 1. latency from a member event published on the broker to the validated file renamed
    into place and the reload signalled (p50 / p99 over N events), for a short and the
    default quiet period side by side;
-2. a storm of 1,000 member events within one second: reloads with coalescing off
-   (baseline: quiet period 0) and on, and whether the final file is exactly the one
-   rendered from the final topology;
+2. a storm of 1,000 member events within one second, three ways: the baseline, ONE
+   apply (plan, render, ``keepalived -t``, write, reload) PER EVENT; quiet period 0
+   (no waiting -- but the updates that queued up during an apply are folded into the
+   next one, so it still coalesces); quiet period 0.5 s / max delay 5 s. Reloads, the
+   time until the last one, and whether the final file is exactly the one rendered
+   from the final topology;
 3. how many events per second the feed and loop absorb (publish N events as fast as
    the broker takes them, time until the loop has handled all of them).
 
@@ -76,11 +79,22 @@ class TimedKeepalived:
             return [t for t, r in self.applied if r][n - 1]
 
 
+class PerEventDirector(service.Director):
+    """The baseline of the storm: every topology change applied on its own, at once --
+    plan, render, ``keepalived -t``, write, reload -- before the next update is read."""
+
+    def handle(self, update, now, *args, **kwargs):
+        changed = super().handle(update, now, *args, **kwargs)
+        if changed:
+            self.tick(now)         # quiet period 0: due now
+        return changed
+
+
 class Bench:
     """Broker + fake keepalived + the service loop, for one quiet period."""
 
     def __init__(self, workdir: str, broker: Broker, services: int, members: int,
-                 quiet: float, max_delay: float = 5.0) -> None:
+                 quiet: float, max_delay: float = 5.0, per_event: bool = False) -> None:
         self.services, self.members = services, members
         workdir = tempfile.mkdtemp(dir=workdir)      # a fresh keepalived.conf per run
         self.fake = FakeKeepalived(workdir)
@@ -89,7 +103,7 @@ class Bench:
             keepalived_pidfile=self.fake.pidfile, quiet_period=quiet,
             max_delay=max_delay, drain_seconds=0)
         self.ka = TimedKeepalived(service.keepalived_for(self.settings))
-        self.director = service.Director(self.settings, self.ka)
+        self.director = (PerEventDirector if per_event else service.Director)(self.settings, self.ka)
         self.stop = threading.Event()
         feed = MqttFeed(self.settings.mqtt, backoff=Backoff(initial=0.05, cap=0.5))
         self.thread = threading.Thread(target=service.run, args=(self.settings, self.stop),
@@ -119,7 +133,7 @@ class Bench:
         self.pub.publish(self.flip(s, i), st.member_event(s, i), wait=wait)
 
     def expected_conf(self) -> str:
-        return render(self.settings, plan(self.settings, parse_topology(self.doc())).config)
+        return render(plan(self.settings, parse_topology(self.doc())).config)
 
     def conf(self) -> str:
         with open(self.settings.keepalived_conf) as f:
@@ -148,7 +162,8 @@ def latency(b: Bench, events: int) -> list:
 
 
 def storm(b: Bench, events: int = 1000, seconds: float = 1.0) -> tuple:
-    """events member events spread evenly over *seconds*; (reloads, exact, spread)."""
+    """events member events spread evenly over *seconds*;
+    (reloads, exact, spread, seconds from the first event to the last reload)."""
     n0 = b.ka.reloads()
     t0 = time.monotonic()
     for k in range(events):
@@ -162,7 +177,10 @@ def storm(b: Bench, events: int = 1000, seconds: float = 1.0) -> tuple:
     while last != b.ka.reloads():
         last = b.ka.reloads()
         time.sleep(max(2.0, 3 * b.settings.quiet_period))
-    return b.ka.reloads() - n0, b.conf() == b.expected_conf(), spread
+    with b.ka.cond:
+        last_reload = max((t for t, r in b.ka.applied if r and t >= t0), default=None)
+    return (b.ka.reloads() - n0, b.conf() == b.expected_conf(), spread,
+            None if last_reload is None else last_reload - t0)
 
 
 def absorb(b: Bench, events: int) -> tuple:
@@ -212,15 +230,18 @@ def main() -> int:
             print(f"   {quiet:>11.2f}s {p50 * 1000:>7.0f}ms {p99 * 1000:>7.0f}ms "
                   f"{(p50 - quiet) * 1000:>8.0f}ms")
         print("\n2. storm: 1,000 member events within 1 s")
-        print(f"   {'':>22} {'reloads':>8} {'final file exact':>17} {'spread':>7}")
-        for label, quiet, max_delay in (("baseline (quiet 0)", 0.0, 0.0),
-                                        ("coalesced (quiet 0.5)", 0.5, 5.0)):
-            b = Bench(workdir, broker, args.services, args.members, quiet, max_delay)
+        print(f"   {'':>34} {'reloads':>8} {'last reload':>12} {'final file exact':>17} {'spread':>7}")
+        for label, quiet, max_delay, per_event in (
+                ("baseline: one apply per event", 0.0, 0.0, True),
+                ("quiet 0 (queued updates fold)", 0.0, 0.0, False),
+                ("coalesced: quiet 0.5, max 5 s", 0.5, 5.0, False)):
+            b = Bench(workdir, broker, args.services, args.members, quiet, max_delay, per_event)
             try:
-                reloads, exact, spread = storm(b)
+                reloads, exact, spread, converged = storm(b)
             finally:
                 b.close()
-            print(f"   {label:>22} {reloads:>8} {str(exact):>17} {spread:>6.2f}s")
+            last = "-" if converged is None else f"{converged:.1f}s"
+            print(f"   {label:>34} {reloads:>8} {last:>12} {str(exact):>17} {spread:>6.2f}s")
         print(f"\n3. absorption: {args.absorb} member events published back to back")
         b = Bench(workdir, broker, args.services, args.members, 0.5)
         try:

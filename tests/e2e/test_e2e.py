@@ -4,6 +4,13 @@ One VM per session (``conftest.py``) runs every scenario (``guest/scenarios.py``
 reports facts and measurements; these tests hold the verdicts and the thresholds.
 Timings used in the guest: delay_loop 2 s, connect_timeout 1 s, advert_int 1 s,
 drain_seconds 2 s.
+
+Thresholds: the product's timers are asserted as configured -- never scaled. Lower
+bounds are exact (a drained member cannot leave before drain_seconds; the BACKUP
+cannot take over before the MASTER's adverts stop counting). Upper bounds are the
+timer plus an allowance for processing (polling, lvs-extension's pipeline, keepalived
+re-reading its file) on an idle machine, and only that allowance is multiplied by the
+guest's pace factor (``guest/pace.py``; 1 on an idle CI machine).
 """
 
 from __future__ import annotations
@@ -13,8 +20,13 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 DELAY_LOOP, CONNECT_TIMEOUT, ADVERT_INT, DRAIN_SECONDS = 2, 1, 1, 2
-#: polling and software emulation add latency to every measured time
+BACKUP_PRIORITY = 100
+#: polling and software emulation add latency to every measured time (idle machine)
 SLACK = 1.5
+#: a drain is two passes of lvs-extension's pipeline + keepalived -t + reload (idle)
+DRAIN_PROCESSING = 5.0
+#: VRRP: the BACKUP declares the MASTER down 3 adverts + skew after the last advert
+MASTER_DOWN = 3 * ADVERT_INT + (256 - BACKUP_PRIORITY) / 256 * ADVERT_INT
 
 
 def test_lab_setup_by_the_project_tools(e2e):
@@ -25,25 +37,57 @@ def test_lab_setup_by_the_project_tools(e2e):
 
 def test_a_requests_spread_over_all_active_real_servers(e2e):
     answers = e2e.expect_ok("a")["measurements"]["answers"]
-    assert set(answers) == {"rs1", "rs2", "rs3"}
+    # rr: 30 sequential new connections over 3 real servers, one each in turn
+    assert answers == {"rs1": 10, "rs2": 10, "rs3": 10}
 
 
-def test_b_member_turned_non_active_leaves_ipvs(e2e):
-    # the director drains first (weight 0) for DRAIN_SECONDS, then removes the member
+def test_b_member_turned_non_active_is_drained_then_leaves_ipvs(e2e):
     m = e2e.expect_ok("b")["measurements"]
-    assert m["removal_seconds"] <= DRAIN_SECONDS + 5, m
+    zero, gone = m["weight_zero_seconds"], m["removed_seconds"]   # from just before the change
+    # both directors kept it at weight 0 first ...
+    assert set(zero) == set(gone) == {"dir1", "dir2"}, m
+    for director in gone:
+        assert zero[director] < gone[director], m
+        # ... and removed it no earlier than drain_seconds after the change
+        assert gone[director] >= DRAIN_SECONDS, m
+    assert m["removal_seconds"] <= DRAIN_SECONDS + DRAIN_PROCESSING * e2e.factor, m
 
 
-def test_c_dead_http_server_taken_out_by_health_check(e2e):
+def test_c_dead_http_server_taken_out_by_health_check_and_back_after_a_reload(e2e):
     m = e2e.expect_ok("c")["measurements"]
-    assert m["removal_seconds"] <= DELAY_LOOP + CONNECT_TIMEOUT + SLACK, m
+    bound = DELAY_LOOP + CONNECT_TIMEOUT + SLACK * e2e.factor
+    assert set(m["removal_seconds_per_director"]) == {"dir1", "dir2"}, m
+    assert m["removal_seconds"] <= bound, m
+    # keepalived re-read its file while the server was down (the guest checked it stayed
+    # out); once the server answers again, the next check adds it back
+    assert set(m["readd_seconds_per_director"]) == {"dir1", "dir2"}, m
+    assert m["readd_seconds"] <= bound, m
 
 
 def test_d_master_keepalived_dies_backup_serves(e2e):
     m = e2e.expect_ok("d")["measurements"]
-    # VRRP: the BACKUP declares the MASTER dead after 3 adverts + skew (about 3.6 s here)
-    assert m["takeover_seconds"] <= 3 * ADVERT_INT + 1 + SLACK, m
-    assert m["failover_gap_seconds"] <= 3 * ADVERT_INT + 1 + SLACK, m
+    # VRRP: the BACKUP declares the MASTER dead MASTER_DOWN (3.6 s) after the last advert
+    # it heard, at most one advert interval before the crash: no earlier (a graceful
+    # hand-over would be faster) and not much later
+    assert m["takeover_seconds"] >= MASTER_DOWN - ADVERT_INT - 0.1, m
+    assert m["takeover_seconds"] <= 3 * ADVERT_INT + 1 + SLACK * e2e.factor, m
+    assert m["failover_gap_seconds"] <= 3 * ADVERT_INT + 1 + SLACK * e2e.factor, m
+    # every answered request was scheduled by exactly one director's IPVS (its
+    # connection table, request by request), to the real server that answered
+    assert m["unaccounted_answers"] == 0, m
+    assert m["scheduled_by"].get("dir2", 0) > 0 and m["requests_after_switch"] > 0, m
+    # the BACKUP's lvs-extension reads its VRRP interface: MASTER after the takeover
+    assert m["vrrp_master"]["before"]["dir2"] == 0 and m["vrrp_master"]["after"]["dir2"] == 1, m
+
+
+def test_sync_backup_holds_the_masters_connections_before_failover(e2e):
+    if not e2e.sync:
+        pytest.skip("the connection-sync run is a separate VM: LVS_E2E_SYNC=1 tox -e e2e")
+    m = e2e.expect_ok("d")["measurements"]
+    # /proc/net/ip_vs_conn_sync in the BACKUP's namespace, before the MASTER died: SYNC
+    # entries for the stream's connections, each to the real server the MASTER chose
+    assert m["synced_on_backup_before_failover"] >= 10, m
+    assert m["synced_mismatched"] == 0, m
 
 
 def test_e_member_added_under_load_zero_failed_requests(e2e):
@@ -61,12 +105,28 @@ def test_g_control_without_arp_settings_answers_arp(e2e):
 
 
 def test_h_stats_counters_grow_with_requests(e2e):
-    e2e.expect_ok("h")
+    m = e2e.expect_ok("h")["measurements"]
+    assert m["stats_conns_growth"] == m["kernel_conns_growth"] == m["requests_sent"] == 30, m
+
+
+def test_j_metrics_agree_with_the_kernel_and_convergence_is_measured(e2e):
+    m = e2e.expect_ok("j")["measurements"]
+    # lvs-extension's /metrics (IPVS over generic netlink, scraped over HTTP) against
+    # the kernel's own /proc/net/ip_vs_stats and the client's answers
+    assert m["metrics_conns_growth"] == m["kernel_conns_growth"] == m["requests_sent"] == 20, m
+    assert m["vrrp_master"] == {"dir1": {"VI_IPV4": 1, "VI_IPV6": 1},
+                                "dir2": {"VI_IPV4": 0, "VI_IPV6": 0}}, m
+    # topology event -> IPVS converged, by each director's own clock (a file poll on
+    # dir1, MQTT on dir2; quiet period 0.2 s, keepalived -t, the reload, the poll)
+    for director, seconds in m["event_to_ipvs_seconds"].items():
+        assert 0 < seconds <= 5 * e2e.factor, m
 
 
 def test_i_ipv6_vip_end_to_end(e2e):
     m = e2e.expect_ok("i")["measurements"]
-    assert "IPv6 DR" in m["covered"], m
+    # requests to [fd99::100]:80 answered by the IPv6 service's members, rr: 10/10/10
+    assert m["answers"] == {"rs1": 10, "rs2": 10, "rs4": 10}, m
+    assert m["ipv6_members"] == ["[fd99::21]:80", "[fd99::22]:80", "[fd99::24]:80"], m
 
 
 def test_p_stratos_agent_python27_stock_extension_repaired_and_clean_restores(e2e):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from tests.e2e.guest import lab
+import json
+import subprocess
+
+from tests.e2e.guest import lab, pace, scenarios
 from tests.e2e.guest.stratos import Topology
 from tests.e2e.kernel import _PACKAGE_RE
+from tests.e2e.vm import VmLimit
 
 IP_VS = """IP Virtual Server version 1.2.1 (size=4096)
 Prot LocalAddress:Port Scheduler Flags
@@ -57,3 +61,97 @@ def test_topology_is_stratos_shaped():
 def test_kernel_package_resolved_from_apt_cache_depends():
     text = "linux-image-amd64\n  Depends: linux-image-6.1.0-56-amd64\n"
     assert _PACKAGE_RE.search(text).group(1) == "linux-image-6.1.0-56-amd64"
+
+
+IP_VS_CONN_SYNC = """Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Origin Expires
+TCP 0A630002 9C41 0A630064 0050 0A630015 0050 FIN_WAIT    Local      119
+TCP 0A630002 9C42 0A630064 0050 0A630016 0050 ESTABLISHED SYNC       897
+TCP fd99:0000:0000:0000:0000:0000:0000:0002 9C43 fd99:0000:0000:0000:0000:0000:0000:0100 0050 fd99:0000:0000:0000:0000:0000:0000:0021 0050 FIN_WAIT    LOCAL      118
+"""
+
+
+def test_parse_ip_vs_conn_sync_both_families_and_origin():
+    conns = lab.parse_ip_vs_conn_sync(IP_VS_CONN_SYNC)
+    assert conns[0] == lab.Conn("10.99.0.2:40001", "10.99.0.100:80", "10.99.0.21:80", "FIN_WAIT", "LOCAL")
+    assert conns[1].origin == "SYNC" and conns[1].dest == "10.99.0.22:80"
+    assert conns[2].client == "[fd99::2]:40003" and conns[2].virtual == "[fd99::100]:80"
+
+
+def test_pace_factor_is_the_median_sample_over_the_reference_at_least_one():
+    try:
+        pace.reset()
+        assert pace.factor() == 1.0 and pace.scaled(10) == 10
+        pace.observe("apply", pace.UNIT_REFERENCE / 2)          # faster than the reference: 1
+        assert pace.factor() == 1.0
+        for seconds in (3, 2.5, 2.5, 100):                      # one outlier does not count
+            pace.observe("apply", pace.UNIT_REFERENCE * seconds)
+        assert pace.factor() == 2.5 and pace.scaled(10) == 25
+        for _ in range(10):
+            pace.observe("apply", pace.UNIT_REFERENCE * 100)
+        assert pace.factor() == pace.MAX_FACTOR
+    finally:
+        pace.reset()
+
+
+def test_vm_limit_follows_the_guest_reports(tmp_path):
+    now = [0.0]
+    report = tmp_path / "pace.json"
+    limit = VmLimit(report, hard_cap=3600, first_contact=300, margin=60, clock=lambda: now[0])
+    now[0] = 299
+    limit.poll()
+    assert not limit.expired()
+    now[0] = 300
+    assert limit.expired()                                      # the guest never reported
+    report.write_text(json.dumps({"factor": 2.0, "remaining_seconds": 1000}))
+    limit.poll()                                                # read at 300: 300 + 1000 + 120
+    now[0] = 1419
+    assert not limit.expired()
+    now[0] = 1420
+    assert limit.expired() and "pace factor 2.00" in limit.describe()
+    report.write_text(json.dumps({"factor": 8.0, "remaining_seconds": 9000}))
+    limit.poll()
+    now[0] = 3599
+    assert not limit.expired()
+    now[0] = 3600
+    assert limit.expired() and "hard cap" in limit.describe()   # never past the hard cap
+
+
+RENDERED = """virtual_server 10.99.0.100 80 {
+    delay_loop 2
+    real_server 10.99.0.21 80 {
+        weight 1
+        TCP_CHECK {
+            connect_timeout 1
+            retry 1
+        }
+    }
+    real_server 10.99.0.22 80 {
+        weight 1
+        TCP_CHECK {
+            connect_timeout 1
+            retry 1
+        }
+    }
+}
+virtual_server fd99::100 80 {
+    real_server fd99::22 80 {
+        weight 1
+        TCP_CHECK {
+            connect_timeout 1
+        }
+    }
+}
+"""
+
+
+def test_fault_script_removes_exactly_rs2s_health_checks(tmp_path):
+    script, conf = tmp_path / "break.sh", tmp_path / "keepalived.conf"
+    scenarios.write_fault_script(script, tmp_path / "fault.log")
+    conf.write_text(RENDERED)
+    subprocess.run(["sh", str(script), str(conf), "-"], check=True)
+    text = conf.read_text()
+    assert text.count("TCP_CHECK") == 1 and "connect_timeout 1\n            retry 1" in text
+    assert text.index("TCP_CHECK") < text.index("real_server 10.99.0.22 80")
+    assert "real_server 10.99.0.22 80 {\n        weight 1\n    }\n" in text
+    assert "real_server fd99::22 80 {\n        weight 1\n    }\n" in text
+    assert text.count("{") == text.count("}")

@@ -8,10 +8,16 @@ results and logs there.
 ``/dev/kvm`` exists on the CI machines but QEMU aborts under KVM ("failed to set MSR
 0x10a"), so the guest runs under software emulation (``--disable-kvm``) unless
 ``LVS_E2E_KVM=1``.
+
+The VM's time limit follows the guest (:class:`VmLimit`): the guest measures how fast
+it runs and writes ``pace.json`` (its slow-down factor and how long it may still
+need) into the shared directory; the host kills the VM only when that estimate, plus
+a margin, has passed -- or at the hard cap.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -34,6 +40,56 @@ class BootResult:
     seconds: float
     output: str
     timed_out: bool
+    limit: str = ""       #: what the VM's time limit was when it ended (VmLimit.describe)
+
+
+class VmLimit:
+    """When to kill the VM.
+
+    Until the guest reports (``pace.json``), ``first_contact`` seconds: boot plus the
+    runner's start. Then, every time the guest rewrites the file: the time it was read
+    + the guest's ``remaining_seconds`` (its scenario budgets still ahead, already
+    scaled by its pace factor) + ``margin`` x factor (cleanup, power-off). Never
+    later than ``hard_cap`` seconds after the start.
+    """
+
+    def __init__(self, pace_file: Path | None, hard_cap: float, first_contact: float = 300.0,
+                 margin: float = 60.0, clock=time.monotonic):
+        self.pace_file = pace_file
+        self.clock = clock
+        self.started = clock()
+        self.hard_at = self.started + hard_cap
+        self.deadline = self.started + first_contact
+        self.margin = margin
+        self.factor = None
+        self.reports = 0
+        self._last = None
+
+    def poll(self) -> None:
+        if self.pace_file is None:
+            return
+        try:
+            text = self.pace_file.read_text()
+            if text == self._last:
+                return
+            data = json.loads(text)
+            remaining, factor = float(data["remaining_seconds"]), float(data["factor"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return                      # absent, or not a complete report: keep the limit
+        self._last = text
+        self.factor = factor
+        self.reports += 1
+        self.deadline = self.clock() + remaining + self.margin * max(1.0, factor)
+
+    def expired(self) -> bool:
+        return self.clock() >= min(self.deadline, self.hard_at)
+
+    def describe(self) -> str:
+        limit = min(self.deadline, self.hard_at) - self.started
+        if self.reports == 0:
+            return f"{limit:.0f} s (the guest never reported its pace)"
+        which = "hard cap" if self.hard_at <= self.deadline else f"pace factor {self.factor:.2f}"
+        return f"{limit:.0f} s ({which}; {self.reports} reports from the guest)"
 
 
 def find_vng() -> str:
@@ -59,12 +115,15 @@ def check_host() -> None:
 
 
 def boot(kernel: Kernel, command: list[str], rwdir: Path, timeout: float,
-         cwd: Path | None = None, memory: str = "2G", cpus: int = 2) -> BootResult:
-    """Boot ``kernel`` and run ``command`` (argv) as root in the guest; bounded by ``timeout``.
+         cwd: Path | None = None, memory: str = "2G", cpus: int = 2,
+         limit: VmLimit | None = None) -> BootResult:
+    """Boot ``kernel`` and run ``command`` (argv) as root in the guest.
 
-    ``rwdir`` is shared read-write at the same path. The kernel's own tree is shared
-    read-only at its host path: virtme-ng links its ``lib/modules/<version>`` into the
-    guest, and the guest masks parts of the host tree (``/var/cache`` among them).
+    Bounded by ``limit`` (pace-aware, see :class:`VmLimit`) or else by ``timeout``
+    seconds. ``rwdir`` is shared read-write at the same path; the VM's console output
+    goes to ``rwdir/vng.log``. The kernel's own tree is shared read-only at its host
+    path: virtme-ng links its ``lib/modules/<version>`` into the guest, and the guest
+    masks parts of the host tree (``/var/cache`` among them).
     """
     argv = [
         find_vng(), "--run", str(kernel.image), "--user", "root",
@@ -75,15 +134,25 @@ def boot(kernel: Kernel, command: list[str], rwdir: Path, timeout: float,
     ]
     if os.environ.get("LVS_E2E_KVM") != "1":
         argv.insert(argv.index("--memory"), "--disable-kvm")
+    limit = limit or VmLimit(None, timeout, first_contact=timeout)
     started = time.monotonic()
-    # vng runs qemu in the foreground; a new session lets the timeout kill the whole tree.
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
+    console = rwdir / "vng.log"
+    # vng runs qemu in the foreground; a new session lets the limit kill the whole tree.
+    with open(console, "w") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
         timed_out = False
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        output, _ = proc.communicate()
-        timed_out = True
-    return BootResult(proc.returncode, time.monotonic() - started, output or "", timed_out)
+        while True:
+            try:
+                proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                limit.poll()
+                if limit.expired():
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+                    timed_out = True
+                    break
+    output = console.read_text(errors="replace")
+    return BootResult(proc.returncode, time.monotonic() - started, output, timed_out,
+                      limit.describe())

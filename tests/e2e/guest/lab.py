@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tests.e2e.guest import pace
+
 CLONE_NEWNET = 0x40000000
 BRIDGE = "lvsbr0"
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -56,8 +58,10 @@ class NetnsWorker:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"ns-{ns}",
                                         initializer=enter_netns, initargs=(ns,))
 
-    def call(self, fn: Callable, *args, timeout: float = 30.0, **kwargs):
-        return self._pool.submit(fn, *args, **kwargs).result(timeout)
+    def call(self, fn: Callable, *args, timeout: float | None = None, **kwargs):
+        """Run ``fn`` in the namespace; ``timeout`` defaults to 30 s on an idle machine."""
+        return self._pool.submit(fn, *args, **kwargs).result(
+            timeout if timeout is not None else pace.scaled(30.0))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -81,20 +85,45 @@ def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 
 
 def http_get(address: str, port: int = 80, timeout: float = 1.0) -> str:
     """One HTTP/1.0 GET on a fresh connection; the body (the server's name)."""
-    with socket.create_connection((address, port), timeout=timeout) as sock:
+    return http_exchange(address, port, timeout)[0]
+
+
+def http_exchange(address: str, port: int = 80, timeout: float = 1.0,
+                  local: list | None = None) -> tuple[str, int]:
+    """One HTTP/1.0 GET on a fresh connection: ``(body, client port)``.
+
+    The client port is also appended to ``local`` as soon as the connection is
+    attempted, so a failed request still names its port when the kernel gave one.
+    """
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
+        try:
+            sock.connect((address, port))
+        except socket.timeout:
+            raise TimeoutError("connect timed out") from None
+        finally:
+            try:
+                client_port = sock.getsockname()[1]
+            except OSError:
+                client_port = 0
+            if local is not None:
+                local.append(client_port)
         host = f"[{address}]" if ":" in address else address
         sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         chunks = []
         while True:
-            data = sock.recv(4096)
+            try:
+                data = sock.recv(4096)
+            except socket.timeout:
+                raise TimeoutError(f"response timed out after {len(b''.join(chunks))} bytes") from None
             if not data:
                 break
             chunks.append(data)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
         raise OSError(f"bad HTTP response: {head[:60]!r}")
-    return body.decode().strip()
+    return body.decode().strip(), client_port
 
 
 @dataclass
@@ -103,6 +132,7 @@ class Request:
     end: float
     server: str | None
     error: str | None = None
+    port: int = 0          #: the client's TCP port (0: the kernel gave none)
 
 
 @dataclass
@@ -123,12 +153,13 @@ class RequestStream:
         enter_netns(self.worker.ns)
         while not self._stop.is_set():
             start = time.monotonic()
-            server, error = None, None
+            server, error, ports = None, None, []
             try:
-                server = http_get(self.address, timeout=self.timeout)
+                server, _ = http_exchange(self.address, timeout=self.timeout, local=ports)
             except OSError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            self.results.append(Request(start, time.monotonic(), server, error))
+            self.results.append(Request(start, time.monotonic(), server, error,
+                                        ports[0] if ports else 0))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - start)))
 
     def __enter__(self) -> "RequestStream":
@@ -142,6 +173,16 @@ class RequestStream:
     @property
     def failures(self) -> list:
         return [r for r in self.results if r.error]
+
+    def answered(self, since: float = 0.0) -> int:
+        """Answered requests that started at or after ``since`` (time.monotonic())."""
+        return sum(1 for r in list(self.results) if r.server and r.start >= since)
+
+    def wait_answered(self, count: int, since: float = 0.0, timeout: float = 10.0,
+                      what: str = "answers") -> float:
+        """Wait until ``count`` requests started at/after ``since`` were answered."""
+        return wait_for(lambda: self.answered(since) >= count, pace.scaled(timeout), 0.02,
+                        f"{count} {what}")[1]
 
     def longest_gap(self) -> tuple[float, int]:
         """Longest time between two successful answers that had failures between them.
@@ -193,17 +234,18 @@ def arp_probe(ifname: str, target: str, wait: float = 1.0, count: int = 3) -> se
         sock.close()
 
 
-def resolve(address: str, wait: float = 1.5) -> None:
-    """Make the kernel resolve ``address`` (one UDP datagram to the discard port), then wait.
+def solicit(address: str) -> None:
+    """Make the kernel resolve ``address``: one UDP datagram to the discard port.
 
-    Call it from a thread inside the namespace; read the neighbour table afterwards.
+    Call it from a thread inside the namespace; then wait for the neighbour entry to
+    leave INCOMPLETE (an answer gives it a lladdr; no answer after the kernel's probes
+    -- mcast_solicit x retrans_time, 3 x 1 s -- makes it FAILED).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
             sock.sendto(b"who-has", (address, 9))
         except OSError:
             pass  # unreachable: exactly what an unanswered ARP looks like
-    time.sleep(wait)
 
 
 def _first_ipv4(ifname: str) -> str:
@@ -248,9 +290,47 @@ def read_ip_vs() -> dict:
 
 
 def read_ip_vs_conns() -> int:
-    """Total connections IPVS scheduled in the calling thread's namespace (``ip_vs_stats``)."""
+    """Total connections IPVS scheduled in the calling thread's namespace (``ip_vs_stats``).
+
+    The kernel (6.1) folds its per-CPU counters into this file every 2 s (estimator).
+    """
     with open("/proc/thread-self/net/ip_vs_stats") as f:
         return int(f.read().splitlines()[2].split()[0], 16)
+
+
+@dataclass(frozen=True)
+class Conn:
+    """One entry of the IPVS connection table (``/proc/net/ip_vs_conn_sync``)."""
+
+    client: str          #: "10.99.0.2:40000"
+    virtual: str         #: "10.99.0.100:80"
+    dest: str            #: "10.99.0.21:80"
+    state: str           #: "FIN_WAIT", ...
+    origin: str          #: "LOCAL" (scheduled here) or "SYNC" (learnt from the MASTER)
+
+
+def parse_ip_vs_conn_sync(text: str) -> list:
+    """``/proc/net/ip_vs_conn_sync`` -> ``[Conn, ...]`` (IPv4 and IPv6 entries)."""
+    conns = []
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 9:
+            continue
+        conns.append(Conn(_conn_addr(parts[1], parts[2]), _conn_addr(parts[3], parts[4]),
+                          _conn_addr(parts[5], parts[6]), parts[7], parts[8].upper()))
+    return conns
+
+
+def _conn_addr(address: str, port: str) -> str:
+    if ":" in address:
+        return f"[{ipaddress.IPv6Address(address)}]:{int(port, 16)}"
+    return f"{ipaddress.IPv4Address(int(address, 16))}:{int(port, 16)}"
+
+
+def read_ip_vs_conn_table() -> list:
+    """The IPVS connection table of the calling thread's namespace, with each entry's origin."""
+    with open("/proc/thread-self/net/ip_vs_conn_sync") as f:
+        return parse_ip_vs_conn_sync(f.read())
 
 
 def read_sysctl(name: str) -> str:
@@ -283,15 +363,26 @@ class Lab:
         self._bridge = False
 
     # -- commands
-    def sh(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float = 60,
-           env: dict | None = None, log: str | None = None) -> subprocess.CompletedProcess:
-        """Run ``argv`` (inside namespace ``ns`` if given); append its output to ``log``."""
+    def sh(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float | None = None,
+           env: dict | None = None, log: str | None = None,
+           pace_label: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` (inside namespace ``ns`` if given); append its output to ``log``.
+
+        ``timeout`` defaults to 60 s on an idle machine (scaled by the pace factor). A
+        project command passes ``pace_label``: its wall time calibrates the pace.
+        """
         full = (["ip", "netns", "exec", ns] if ns else []) + [str(a) for a in argv]
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout,
+        started = time.monotonic()
+        proc = subprocess.run(full, capture_output=True, text=True,
+                              timeout=timeout if timeout is not None else pace.scaled(60.0),
                               env={**os.environ, **(env or {})})
+        seconds = time.monotonic() - started
+        if pace_label and proc.returncode == 0:
+            pace.observe(pace_label, seconds)
         if log:
             with open(self.logdir / log, "a") as f:
-                f.write(f"$ {' '.join(full)}\n{proc.stdout}{proc.stderr}[exit {proc.returncode}]\n")
+                f.write(f"$ {' '.join(full)}\n{proc.stdout}{proc.stderr}"
+                        f"[exit {proc.returncode}, {seconds:.2f} s]\n")
         if check and proc.returncode != 0:
             raise LabError(f"{' '.join(full)} failed (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-500:]}")
