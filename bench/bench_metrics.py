@@ -100,9 +100,10 @@ def here(args) -> dict:
     subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_rr"], check=False)
     workdir = tempfile.mkdtemp(prefix="bench-metrics-")
     ns = f"lvs-bench-{os.getpid()}"
-    settings = load(dict(vip_map=st.vip_map(range(args.services)), interface="lo",
-                         keepalived_conf=os.path.join(workdir, "keepalived.conf"),
-                         drain_seconds=0))
+    settings_values = dict(vip_map=st.vip_map(range(args.services)), interface="lo",
+                           keepalived_conf=os.path.join(workdir, "keepalived.conf"),
+                           drain_seconds=0)
+    settings = load(settings_values)
     topology = parse_topology(st.topology({s: range(args.members)
                                            for s in range(args.services)}))
     config = plan(settings, topology).config
@@ -140,6 +141,20 @@ def here(args) -> dict:
                "scrape_gzip_bytes": len(zipped) if zipped[:2] == b"\x1f\x8b" else None,
                "status_ms": round(status_ms, 1), "status_bytes": len(status)}
         assert dests == config.real_server_count(), (dests, config.real_server_count())
+        # metrics_real_servers = false: the same kernel, per virtual server and cluster only
+        lean = service.Director(load(dict(settings_values, metrics_real_servers=False)),
+                                service.keepalived_for(settings),
+                                read_kernel=lambda: stats.read_ipvs(ns))
+        lean.served = config
+        lean_server = service.serve_metrics(lean, ("127.0.0.1", 0),
+                                            lambda ifname: interface_addresses(ifname, ns))
+        try:
+            lean_url = f"http://127.0.0.1:{lean_server.port}/metrics"
+            lean_ms, lean_body = median_ms(
+                lambda: urllib.request.urlopen(lean_url, timeout=600).read(), args.rounds)
+        finally:
+            lean_server.stop()
+        out.update(lean_scrape_ms=round(lean_ms, 1), lean_scrape_bytes=len(lean_body))
         argv = ["ip", "netns", "exec", ns, ipvsadm, "-Ln", "--stats"]
         run_ms, text = median_ms(lambda: subprocess.run(
             argv, capture_output=True, text=True, check=True).stdout, args.rounds)
@@ -168,8 +183,9 @@ def replay(args) -> dict:
     from tests.director._ipvs import FakeGenl, Kernel
 
     workdir = tempfile.mkdtemp(prefix="bench-metrics-")
-    settings = load(dict(vip_map=st.vip_map(range(args.services)), interface="lo",
-                         keepalived_conf=os.path.join(workdir, "keepalived.conf")))
+    values = dict(vip_map=st.vip_map(range(args.services)), interface="lo",
+                  keepalived_conf=os.path.join(workdir, "keepalived.conf"))
+    settings = load(values)
     config = plan(settings, parse_topology(st.topology(
         {s: range(args.members) for s in range(args.services)}))).config
     kernel = Kernel()
@@ -197,18 +213,27 @@ def replay(args) -> dict:
             pass
     stats.read_ipvs(None, sock_factory=lambda netns: Recorder())
     read = lambda: stats.read_ipvs(None, sock_factory=lambda netns: Replay())  # noqa: E731
-    director = service.Director(settings, service.keepalived_for(settings), read_kernel=read)
-    director.served = config
-    server = service.serve_metrics(director, ("127.0.0.1", 0), lambda ifname: frozenset())
+    def scrape(real_servers: bool):
+        director = service.Director(settings if real_servers else load(
+            dict(values, metrics_real_servers=False)), service.keepalived_for(settings),
+            read_kernel=read)
+        director.served = config
+        server = service.serve_metrics(director, ("127.0.0.1", 0), lambda ifname: frozenset())
+        try:
+            url = f"http://127.0.0.1:{server.port}/metrics"
+            return median_ms(lambda: urllib.request.urlopen(url).read(), args.rounds)
+        finally:
+            server.stop()
+
     try:
-        url = f"http://127.0.0.1:{server.port}/metrics"
         read_ms, _ = median_ms(read, args.rounds)
-        scrape_ms, body = median_ms(lambda: urllib.request.urlopen(url).read(), args.rounds)
+        scrape_ms, body = scrape(True)
+        lean_ms, lean = scrape(False)
     finally:
-        server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return {"real_servers": config.real_server_count(), "read_ipvs_ms": round(read_ms, 1),
-            "scrape_ms": round(scrape_ms, 1), "scrape_bytes": len(body)}
+            "scrape_ms": round(scrape_ms, 1), "scrape_bytes": len(body),
+            "lean_scrape_ms": round(lean_ms, 1), "lean_scrape_bytes": len(lean)}
 
 
 def in_vm(args) -> dict:
@@ -240,13 +265,17 @@ def report_replay(r: dict) -> str:
             f"CPU, no kernel); median of the rounds after a warm-up:\n"
             f"  decode the dump (read_ipvs)  {r['read_ipvs_ms']:>10} ms\n"
             f"  GET /metrics                 {r['scrape_ms']:>10} ms  "
-            f"{r['scrape_bytes']:,} bytes")
+            f"{r['scrape_bytes']:,} bytes\n"
+            f"  GET /metrics, metrics_real_servers = false  {r['lean_scrape_ms']} ms  "
+            f"{r['lean_scrape_bytes']:,} bytes")
 
 
 def report(r: dict) -> str:
     rows = [("kernel read (generic netlink dump, read_ipvs)", f"{r['read_ipvs_ms']} ms", ""),
             ("GET /metrics (read + exposition)", f"{r['scrape_ms']} ms",
              f"{r['scrape_bytes']:,} bytes, {r['scrape_samples']:,} samples"),
+            ("GET /metrics, metrics_real_servers = false", f"{r['lean_scrape_ms']} ms",
+             f"{r['lean_scrape_bytes']:,} bytes"),
             ("GET /metrics, gzip", f"{r['scrape_gzip_ms']} ms",
              f"{r['scrape_gzip_bytes']:,} bytes" if r["scrape_gzip_bytes"] else "not gzipped"),
             ("GET /status (JSON)", f"{r['status_ms']} ms", f"{r['status_bytes']:,} bytes")]

@@ -110,8 +110,12 @@ class LoopMetrics:
 
 # -- the kernel, at each scrape ------------------------------------------------------
 
-def kernel_families(observation: Observation) -> List[Metric]:
-    """The metric families of one kernel read (pure)."""
+def kernel_families(observation: Observation, real_servers: bool = True) -> List[Metric]:
+    """The metric families of one kernel read (pure).
+
+    :param real_servers: include the per-real-server families (``metrics_real_servers``);
+        without them a scrape's size follows the virtual servers, not the pool sizes.
+    """
     def family(kind, name, doc, labels, unit=""):
         return kind(PREFIX + name, doc, labels=labels, unit=unit)
 
@@ -154,7 +158,7 @@ def kernel_families(observation: Observation) -> List[Metric]:
             vs_active.add_metric(vs_labels, row.connections("active_conns"))
             vs_inactive.add_metric(vs_labels, row.connections("inactive_conns"))
             _traffic(row.kernel, vs_labels, vs_conns, vs_packets, vs_bytes)
-        for rsr in row.real_servers:
+        for rsr in row.real_servers if real_servers else ():
             rs, dest = rsr.server, rsr.dest
             labels = [vs.service, rs.cluster_id, rs.member_id, vs.vip, str(vs.port),
                       vs.protocol, rsr.endpoint]
@@ -164,8 +168,9 @@ def kernel_families(observation: Observation) -> List[Metric]:
                 rs_active.add_metric(labels, dest.active_conns)
                 rs_inactive.add_metric(labels, dest.inactive_conns)
                 _traffic(dest, labels, rs_conns, rs_packets, rs_bytes)
-    families = [rs_in, rs_weight, rs_active, rs_inactive, rs_conns, rs_packets, rs_bytes,
-                vs_in, vs_servers, vs_active, vs_inactive, vs_conns, vs_packets, vs_bytes]
+    families = [rs_in, rs_weight, rs_active, rs_inactive, rs_conns, rs_packets, rs_bytes
+                ] if real_servers else []
+    families += [vs_in, vs_servers, vs_active, vs_inactive, vs_conns, vs_packets, vs_bytes]
     families += _cluster_family(observation)
     families += _vrrp_families(observation)
     families += _drift_families(observation)
@@ -233,8 +238,10 @@ class KernelCollector(Collector):
     """
 
     def __init__(self, view: Callable[[], DirectorView], read_ipvs: Callable[[], Sequence],
-                 read_addresses: Callable[[str], FrozenSet[str]]) -> None:
+                 read_addresses: Callable[[str], FrozenSet[str]],
+                 real_servers: bool = True) -> None:
         self._view = view
+        self._real_servers = real_servers
         self._read_ipvs = read_ipvs
         self._read_addresses = read_addresses
         self._lock = threading.Lock()
@@ -249,7 +256,7 @@ class KernelCollector(Collector):
         return []      # no kernel read when the collector is registered
 
     def collect(self) -> Iterator[Metric]:
-        yield from kernel_families(self.observe()[1])
+        yield from kernel_families(self.observe()[1], self._real_servers)
 
     def status(self) -> dict:
         return document(*self.observe())

@@ -516,7 +516,8 @@ def serve_metrics(director: Director, address: Tuple[str, int],
     :param read_addresses: the VRRP interface's addresses (default: read with
         pyroute2 in this network namespace).
     """
-    collector = KernelCollector(director.view, director.read_kernel, read_addresses)
+    collector = KernelCollector(director.view, director.read_kernel, read_addresses,
+                                director.settings.metrics_real_servers)
     director.registry.register(collector)
     server = MetricsServer(address, director.registry, collector)
     try:

@@ -523,6 +523,10 @@ OPTIONS: Tuple[Option, ...] = (
     Option("metrics_allow_remote", boolean, False,
            "allow a metrics_listen address that is not loopback (/metrics and /status "
            "name every VIP and real server)", G_OBSERVE),
+    Option("metrics_real_servers", boolean, True,
+           "export the per-real-server series (9 per real server); false: per virtual "
+           "server and per cluster only -- a scrape at 10,000 real servers then stays "
+           "small (bench/bench_metrics.py)", G_OBSERVE),
 )
 
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}

@@ -75,14 +75,15 @@ def vip_on(ns_interface, *vips, add=True) -> None:
                         interface], check=True)
 
 
-@pytest.fixture
-def lab(tmp_path, fake_keepalived, vrrp_ns):
+@pytest.fixture(params=[True], ids=["metrics_real_servers"])
+def lab(request, tmp_path, fake_keepalived, vrrp_ns):
     """A Director that applied svc0 (3 members) and svc1 (1 member); ``ghost`` is mapped
-    but not in the topology.  IPVS shows svc0's member 2 held out by its check."""
+    but not in the topology.  IPVS shows svc0's member 2 held out by its check.
+    ``metrics_real_servers`` is the fixture's parameter (indirect parametrization)."""
     kernel = Kernel()
     settings = make_settings(str(tmp_path), vip_map=f"{st.vip_map([0, 1])},ghost|{GHOST}",
                              keepalived_pidfile=fake_keepalived.pidfile, quiet_period=0,
-                             drain_seconds=0)
+                             drain_seconds=0, metrics_real_servers=request.param)
     director = service.Director(settings, service.keepalived_for(settings),
                                 read_kernel=kernel.read)
     director.handle(update("MemberActivatedEvent", st.member_event(0, 9)), 0)  # too early
@@ -122,6 +123,8 @@ def test_per_real_server_series_from_ipvs(lab):
     assert sum(1 for name, _ in s if name == "lvs_extension_real_server_in_kernel") == 4
 
 
+@pytest.mark.parametrize("lab", [True, False], indirect=True,
+                         ids=["with_real_servers", "virtual_servers_only"])
 def test_per_virtual_server_and_per_cluster_totals(lab):
     director, kernel, port, _ = lab
     s = scrape(port)
@@ -136,6 +139,18 @@ def test_per_virtual_server_and_per_cluster_totals(lab):
                  cluster="svc0.app.domain") == 5
     assert value(s, "cluster_active_connections", service="svc1",
                  cluster="svc1.app.domain") == 0
+
+
+@pytest.mark.parametrize("lab", [False], indirect=True)
+def test_metrics_real_servers_off_exports_no_per_real_server_series(lab):
+    director, kernel, port, _ = lab
+    s = scrape(port)
+    per_rs = {name for name, _ in s if name.startswith("lvs_extension_real_server_")}
+    assert per_rs == set()
+    # the rest is all there: virtual servers, clusters, VRRP, the loop's own
+    assert value(s, "virtual_server_connections_total", **WEB) == 17
+    assert value(s, "real_servers_not_in_kernel") == 1
+    assert any(name == "lvs_extension_vrrp_master" for name, _ in s)
 
 
 def test_drift_not_in_kernel_and_kernel_reads(lab):
