@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import logging
+import socket
 import threading
 import time
 
@@ -164,7 +165,6 @@ class SlowServer:
     """Answers 200 with a large Content-Length, then drips one byte every *every* s."""
 
     def __init__(self, every: float = 0.2, length: int = 1_000_000) -> None:
-        import socket
         self.every, self.length = every, length
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/topology"
@@ -197,7 +197,12 @@ class SlowServer:
 
     def close(self) -> None:
         self.closed.set()
+        try:            # wakes the accept(): a bare close() leaves it listening
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(10)
 
 
 @pytest.fixture
