@@ -17,7 +17,7 @@ from . import _stratos as st
 from ._feedutil import wait_for
 
 _FAKE = r"""
-import ctypes, os, signal, sys, time
+import ctypes, os, signal, sys
 # look like keepalived to the pid check: /proc/PID/comm, and '-f CONF' in the cmdline
 ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)     # PR_SET_NAME
 count_file = sys.argv[1]
@@ -34,7 +34,7 @@ signal.signal(signal.SIGUSR1, on_signal)
 write(count_file + ".usr1", 0)
 write(count_file, 0)
 while True:
-    time.sleep(3600)
+    signal.pause()          # idle: the fake only answers signals
 """
 
 
