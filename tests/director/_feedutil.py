@@ -5,24 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
-from typing import Callable, List
+from typing import List
 
 import paho.mqtt.client as mqtt
 
 from cartridge_agent_lvs.director.feeds import FeedUpdate
 
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
-             what: str = "condition") -> object:
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+from .._wait import Spy, wait_for  # noqa: F401  (the feed and service tests' waits)
 
 
 class Recorder:

@@ -6,6 +6,7 @@ Also used by ``bench/bench_feeds.py``.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,53 +17,78 @@ from . import _stratos as st
 from ._feedutil import wait_for
 
 _FAKE = r"""
-import ctypes, os, signal, sys, time
+import ctypes, os, signal, sys
 # look like keepalived to the pid check: /proc/PID/comm, and '-f CONF' in the cmdline
-ctypes.CDLL(None).prctl(15, b"keepalived", 0, 0, 0)          # PR_SET_NAME
+ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)     # PR_SET_NAME
 count_file = sys.argv[1]
-hups = 0
-def on_hup(signum, frame):
-    global hups
-    hups += 1
-    with open(count_file + ".tmp", "w") as f:
-        f.write(str(hups))
-    os.replace(count_file + ".tmp", count_file)
-signal.signal(signal.SIGHUP, on_hup)
-with open(count_file, "w") as f:
-    f.write("0")
+counts = {signal.SIGHUP: 0, signal.SIGUSR1: 0}
+def write(path, value):
+    with open(path + ".tmp", "w") as f:
+        f.write(str(value))
+    os.replace(path + ".tmp", path)
+def on_signal(signum, frame):
+    counts[signum] += 1
+    write(count_file if signum == signal.SIGHUP else count_file + ".usr1", counts[signum])
+signal.signal(signal.SIGHUP, on_signal)
+signal.signal(signal.SIGUSR1, on_signal)
+write(count_file + ".usr1", 0)
+write(count_file, 0)
 while True:
-    time.sleep(3600)
+    signal.pause()          # idle: the fake only answers signals
 """
+
+
+def _read_count(path: str) -> int:
+    with open(path) as f:
+        return int(f.read() or 0)
 
 
 class FakeKeepalived:
     """A process standing in for keepalived: a pid file, and a count of SIGHUPs.
 
-    Its name (``/proc/PID/comm``) is ``keepalived`` and its command line holds
-    ``-f CONF`` (default: ``keepalived.conf`` in *workdir*, where the tests' settings
-    put it), so the director's pid check accepts it.
+    Its name (``/proc/PID/comm``) is *name* (``keepalived``, unless a test needs a
+    process that is not keepalived) and its command line holds ``-f CONF`` (default:
+    ``keepalived.conf`` in *workdir*, where the tests' settings put it), so the
+    director's pid check accepts it.
     """
 
-    def __init__(self, workdir: str, conf: str = "") -> None:
+    def __init__(self, workdir: str, conf: str = "", name: str = "keepalived") -> None:
         self.pidfile = os.path.join(workdir, f"keepalived-{os.getpid()}-{time.time_ns()}.pid")
         self.count_file = self.pidfile + ".hups"
         self.conf = conf or os.path.join(workdir, "keepalived.conf")
-        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, self.count_file,
+        self.proc = subprocess.Popen([sys.executable, "-c", _FAKE, self.count_file, name,
                                       "-f", self.conf])
         wait_for(lambda: os.path.exists(self.count_file), 10, "fake keepalived")
         with open(self.pidfile, "w") as f:
             f.write(f"{self.proc.pid}\n")
 
     def hups(self) -> int:
-        with open(self.count_file) as f:
-            return int(f.read() or 0)
+        return _read_count(self.count_file)
 
-    def expect(self, n: int, settle: float = 0.3) -> None:
+    def flush(self) -> None:
+        """Return once every SIGHUP sent to the fake before this call is counted.
+
+        A signal's delivery trails ``kill()``.  The fake is sent SIGUSR1 and answers
+        it in its count file; pending signals are taken lowest number first (by the
+        kernel, and by Python, which runs tripped handlers in signal-number order), so
+        a SIGHUP (1) sent earlier has been counted when the SIGUSR1 (10) answer shows.
+        """
+        usr1 = self.count_file + ".usr1"
+        before = _read_count(usr1)
+        self.proc.send_signal(signal.SIGUSR1)
+        wait_for(lambda: _read_count(usr1) > before, 10, "the fake keepalived's answer")
+
+    def expect(self, n: int) -> None:
         """Exactly *n* SIGHUPs: wait for the n-th (the signal trails the file rename),
-        then make sure no further one follows within *settle* seconds."""
+        then check that no further one was sent so far.
+
+        "So far" is all this can see: a caller asserting that nothing *more* comes
+        first makes sure the sender is done -- the service settled
+        (``Running.settled``), the process exited, or its status says so.
+        """
         wait_for(lambda: self.hups() >= n, 10, f"{n} reloads")
-        time.sleep(settle)
-        assert self.hups() == n
+        self.flush()
+        assert self.hups() == n, f"{self.hups()} SIGHUPs, expected {n}"
 
     def stop(self) -> None:
         self.proc.kill()

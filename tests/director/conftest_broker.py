@@ -40,7 +40,7 @@ def wait_port(port: int, up: bool = True, timeout: float = 10.0) -> None:
         except OSError:
             if not up:
                 return
-        time.sleep(0.02)
+        time.sleep(0.02)        # the polling step of this wait, not a synchronisation
     raise TimeoutError(f"port {port} not {'up' if up else 'down'} after {timeout}s")
 
 

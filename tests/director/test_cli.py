@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -16,6 +17,7 @@ from cartridge_agent_lvs.director.cli import main
 from . import _stratos as st
 from ._feedutil import wait_for
 from ._service import FakeKeepalived, vrrp_interface
+from .conftest_broker import free_port
 
 HERE = os.path.dirname(__file__)
 SAMPLE = os.path.join(HERE, "samples", "shop-topology.json")
@@ -102,17 +104,35 @@ def test_settings_round_trip_through_a_config_file(capsys, tmp_path):
     assert (code, again) == (0, out)
 
 
+def _status(port: int):
+    """The running service's /status document, or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def _last_apply(port: int) -> dict:
+    return (_status(port) or {}).get("last_apply") or {}
+
+
 def test_run_follows_a_file_reloads_on_change_and_stops_on_sigterm(tmp_path):
-    """The console entry point as a process: SIGHUP re-reads, SIGTERM exits 0."""
+    """The console entry point as a process: SIGHUP re-reads, SIGTERM exits 0.
+
+    Its /status (``--metrics-listen``) says when the SIGHUP was acted on: the forced
+    re-render's outcome is what the test waits for instead of a sleep."""
     fake = FakeKeepalived(str(tmp_path))
     topo, conf = tmp_path / "topology.json", tmp_path / "keepalived.conf"
     topo.write_text(json.dumps(st.topology({0: [1, 2]})))
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cartridge_agent_lvs.director.cli", "run",
          "--vip-map", st.vip_map([0]), "--interface", vrrp_interface(),
          "--topology-file", str(topo), "--keepalived-conf", str(conf),
          "--keepalived-pidfile", fake.pidfile, "--quiet-period", "0.1",
-         "--drain-seconds", "0"], stderr=subprocess.PIPE, text=True)
+         "--drain-seconds", "0", "--metrics-listen", str(port)],
+        stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: conf.exists() and st.member_ip(0, 2) in conf.read_text(), 30,
                  "first render")
@@ -122,10 +142,16 @@ def test_run_follows_a_file_reloads_on_change_and_stops_on_sigterm(tmp_path):
         os.replace(tmp, topo)
         wait_for(lambda: st.member_ip(0, 3) in conf.read_text(), 30, "second render")
         fake.expect(2)
+        before = wait_for(lambda: _last_apply(port).get("outcome") == "reloaded"
+                          and _last_apply(port), 30, "the second reload in /status")
         proc.send_signal(signal.SIGHUP)          # re-read: same content, no reload
-        fake.expect(2, settle=1.0)
+        after = wait_for(lambda: _last_apply(port).get("unix", 0) > before["unix"]
+                         and _last_apply(port), 30, "the re-render after SIGHUP")
+        assert after["outcome"] == "file already in place"
+        fake.expect(2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+        fake.expect(2)                           # the process is gone: nothing more
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -206,8 +232,8 @@ def test_sigterm_is_effective_while_the_http_server_trickles(tmp_path):
          "--keepalived-conf", str(tmp_path / "keepalived.conf")],
         stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: slow.connections >= 1, 10, "the request")
-        time.sleep(1.0)
+        # the service is in the body read once the server drips into it
+        wait_for(lambda: slow.drips >= 3, 30, "the body to trickle")
         t = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0

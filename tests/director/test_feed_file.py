@@ -11,7 +11,7 @@ import pytest
 from cartridge_agent_lvs.director.feeds import COMPLETE
 from cartridge_agent_lvs.director.feeds.file import FileFeed
 
-from ._feedutil import running_feeds, wait_for
+from ._feedutil import Spy, running_feeds, wait_for
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_initial_read_then_only_on_change(tmp_path, follow):
     first = sink.wait(1)[0]
     assert first.name == COMPLETE and first.payload == b'{"topology": {}}'
     assert str(path) in first.source
-    time.sleep(0.2)
+    Spy(feed, "_sleep").wait(5, what="polls")
     assert len(sink.updates) == 1                  # unchanged file: no re-push
     replace_file(path, b'{"topology": {"serviceMap": {}}}')   # rename: new inode
     assert sink.wait(2)[1].payload == b'{"topology": {"serviceMap": {}}}'
@@ -47,7 +47,7 @@ def test_missing_file_logged_once_then_picked_up(tmp_path, follow, caplog):
     path = tmp_path / "later.json"
     with caplog.at_level(logging.INFO, logger="cartridge_agent_lvs.director.feeds"):
         feed, sink = follow(path)
-        time.sleep(0.3)                            # ~15 polls
+        Spy(feed, "_sleep").wait(15, what="polls")
         assert sink.updates == []
         path.write_bytes(b"{}")
         sink.wait(1)
@@ -60,8 +60,9 @@ def test_deleted_file_keeps_quiet_and_returns(tmp_path, follow):
     path.write_bytes(b"1")
     feed, sink = follow(path)
     sink.wait(1)
+    polls = Spy(feed, "_sleep")
     path.unlink()
-    time.sleep(0.2)
+    polls.wait(5, what="polls")
     assert len(sink.updates) == 1                  # nothing pushed for a missing file
     path.write_bytes(b"2")
     assert sink.wait(2)[1].payload == b"2"
@@ -91,9 +92,10 @@ def test_a_fifo_is_refused_not_waited_on(tmp_path, follow, caplog):
     try:
         with caplog.at_level(logging.INFO, logger="cartridge_agent_lvs.director.feeds"):
             feed, sink = follow(fifo)
+            polls = Spy(feed, "_sleep")
             wait_for(lambda: "not a regular file (a FIFO)" in caplog.text, 3,
                      "the refusal")
-            time.sleep(0.2)
+            polls.wait(5, what="polls")
         assert caplog.text.count("not a regular file") == 1 and sink.updates == []
         t = time.monotonic()
         feed.stop()

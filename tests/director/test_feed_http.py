@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import logging
+import socket
 import threading
 import time
 
@@ -26,13 +27,15 @@ class TopologyServer:
         self.status = 200
         self.delay = 0.0
         self.requests = []          # (path, headers dict)
+        self.times = []             # time.monotonic() of each request
         self.replies = []           # status codes sent
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                outer.times.append(time.monotonic())
                 outer.requests.append((self.path, dict(self.headers)))
-                time.sleep(outer.delay)
+                time.sleep(outer.delay)     # the scenario: a slow server (read timeout)
                 etag = '"%s"' % hashlib.sha1(outer.body).hexdigest()
                 if outer.status != 200:
                     code, body = outer.status, b"nope"
@@ -108,9 +111,15 @@ def test_errors_back_off_log_once_and_recover(server, feeds, caplog):
 def test_backoff_grows_between_failures(server, feeds):
     server.status = 500
     feeds(server.url, interval=0.01, backoff=Backoff(initial=0.1, cap=0.4, jitter=0))
-    time.sleep(1.0)
-    # 0.1 + 0.2 + 0.4 + 0.4 ... : about 4 requests in a second, not 100
-    assert 3 <= len(server.requests) <= 6
+    wait_for(lambda: len(server.times) >= 6, what="six failed polls")
+    gaps = [b - a for a, b in zip(server.times, server.times[1:6])]
+    # after each failure the backoff (0.1, 0.2, 0.4, then capped at 0.4), not the
+    # 0.01 s interval: a busy machine only makes the gaps longer, so these lower
+    # bounds hold under load.  The cap is told from the doubling it stops (0.8 s,
+    # 1.6 s) with 0.35 s to spare.
+    for gap, delay in zip(gaps, (0.1, 0.2, 0.4, 0.4, 0.4)):
+        assert gap >= delay, gaps
+    assert max(gaps[3:]) < 0.75, gaps
 
 
 def test_read_timeout_is_an_error_not_a_hang(server, feeds, caplog):
@@ -156,12 +165,12 @@ class SlowServer:
     """Answers 200 with a large Content-Length, then drips one byte every *every* s."""
 
     def __init__(self, every: float = 0.2, length: int = 1_000_000) -> None:
-        import socket
         self.every, self.length = every, length
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/topology"
         self.closed = threading.Event()
         self.connections = 0
+        self.drips = 0              # bytes of the body sent after the headers
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -180,14 +189,20 @@ class SlowServer:
                 conn.recv(65536)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                              b"Content-Length: %d\r\n\r\n{" % self.length)
-                while not self.closed.wait(self.every):
+                while not self.closed.wait(self.every):    # the scenario: a slow body
                     conn.sendall(b" ")
+                    self.drips += 1
             except OSError:
                 pass
 
     def close(self) -> None:
         self.closed.set()
+        try:            # wakes the accept(): a bare close() leaves it listening
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
+        self.thread.join(10)
 
 
 @pytest.fixture
@@ -210,8 +225,7 @@ def test_a_slow_body_is_cut_at_the_total_deadline(slow, feeds, caplog):
 
 def test_stop_is_prompt_during_a_slow_body(slow, feeds):
     feed, sink = feeds(slow.url, timeout=(1.0, 30.0), deadline=60.0)
-    wait_for(lambda: slow.connections >= 1, 5, "the request")
-    time.sleep(0.5)
+    wait_for(lambda: feed._sock is not None, 10, "the feed reading the body")
     t = time.monotonic()
     feed.stop()
     assert time.monotonic() - t < 1.5

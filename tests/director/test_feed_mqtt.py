@@ -11,7 +11,7 @@ from cartridge_agent_lvs.director.feeds import COMPLETE, Backoff
 from cartridge_agent_lvs.director.feeds import mqtt as mqtt_feed
 from cartridge_agent_lvs.director.feeds.mqtt import REQUEST_TOPIC, MqttFeed
 
-from ._feedutil import Client, running_feeds, wait_for
+from ._feedutil import Client, Spy, running_feeds, wait_for
 from .conftest_broker import broker, broker_factory, free_port  # noqa: F401
 
 pytestmark = pytest.mark.broker
@@ -50,9 +50,10 @@ def test_subscribes_requests_complete_topology_and_names_events(broker, feeds, c
     pub.publish("MemberActivatedEvent", {"memberId": "m1"})
     pub.publish("member/MemberSuspendedEvent", {"memberId": "m1"})   # last segment wins
     pub.publish("ignored", {}, topic_prefix="other/")                  # not topology/#
-    updates = sink.wait(3)
-    time.sleep(0.2)
-    assert sink.names() == [COMPLETE, "MemberActivatedEvent", "MemberSuspendedEvent"]
+    pub.publish("MemberStartedEvent", {})     # a barrier: delivered in order, after it
+    updates = sink.wait(4)
+    assert sink.names() == [COMPLETE, "MemberActivatedEvent", "MemberSuspendedEvent",
+                            "MemberStartedEvent"]
     assert updates[1].payload == b'{"memberId": "m1"}'
     assert "topology/MemberActivatedEvent" in updates[1].source
 
@@ -77,7 +78,7 @@ def test_broker_down_at_startup_then_up(broker_factory, feeds, clients, caplog):
     late = broker_factory()
     with caplog.at_level(logging.INFO, logger="cartridge_agent_lvs.director.feeds"):
         feed, sink = feeds([late.address], backoff=Backoff(initial=0.05, cap=0.1))
-        time.sleep(1.0)                       # ~10 failed rounds
+        Spy(feed, "_sleep").wait(10, what="failed rounds")
         assert feed._states.state.startswith("unreachable")
         late.start()
         wait_for(lambda: feed._states.state == "connected", what="connected")
@@ -97,9 +98,10 @@ def test_username_and_password(broker_factory, feeds, clients, caplog):
     b = broker_factory(users={"lvs": "s3cret"}).start()
     with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
         bad, _ = feeds([b.address], username="lvs", password="wrong")
+        rounds = Spy(bad, "_sleep")
         wait_for(lambda: (bad._states.state or "").startswith("unreachable"),
                  what="refusal")
-        time.sleep(0.5)
+        rounds.wait(5, what="refused rounds")
     assert "refused" in caplog.text and caplog.text.count("unreachable") == 1
     good, sink = feeds([b.address], username="lvs", password="s3cret")
     wait_for(lambda: good._states.state == "connected", what="authenticated")
@@ -131,7 +133,8 @@ def test_refresh_requests_the_complete_topology_again(broker, feeds, clients):
 
 def test_stop_is_prompt_even_while_backing_off(feeds):
     feed, _ = feeds([("127.0.0.1", free_port())], backoff=Backoff(initial=30, cap=30))
-    time.sleep(0.2)
+    # the failed round is reported just before the 15-30 s backoff wait starts
+    wait_for(lambda: (feed._states.state or "").startswith("unreachable"), 10, "backoff")
     t = time.monotonic()
     feed.stop()
     assert time.monotonic() - t < 1.0
@@ -161,10 +164,11 @@ def test_no_complete_topology_after_connecting_is_said_once_naming_both_causes(
         broker, feeds, clients, caplog):
     with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
         feed, sink = feeds([broker.address], complete_wait=0.5)
+        checks = Spy(feed, "_watch_complete")
         wait_for(lambda: feed._states.state == "connected", what="connected")
         clients(broker).publish("MemberActivatedEvent", {"memberId": "m1"})
         wait_for(lambda: "no CompleteTopologyEvent" in caplog.text, 5, "the warning")
-        time.sleep(1.0)                                   # ... and only once
+        checks.wait(5, what="checks after the warning")   # ... and only once
     [record] = [r for r in caplog.records if "CompleteTopologyEvent" in r.getMessage()]
     text = record.getMessage()
     assert f"0.5s after connecting to 127.0.0.1:{broker.port}" in text
@@ -176,8 +180,12 @@ def test_no_complete_topology_after_connecting_is_said_once_naming_both_causes(
 def test_a_complete_topology_in_time_gives_no_warning(broker, feeds, clients, caplog):
     with caplog.at_level(logging.WARNING, logger="cartridge_agent_lvs.director.feeds"):
         feed, sink = feeds([broker.address], complete_wait=0.5)
+        checks = Spy(feed, "_watch_complete")
         wait_for(lambda: feed._states.state == "connected", what="connected")
         clients(broker).publish("CompleteTopologyEvent", {"topology": {}})
         sink.wait(1)
-        time.sleep(1.0)
+        # a check made after complete_wait had passed since connecting
+        wait_for(lambda: checks.times and feed._connected_at is not None and
+                 checks.times[-1] > feed._connected_at + 0.5, 10, "a late check")
+        checks.wait(1, what="check")            # ... and that check is over
     assert "no CompleteTopologyEvent" not in caplog.text

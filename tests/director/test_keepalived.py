@@ -5,7 +5,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from cartridge_agent_lvs.director.topology import parse_topology
 from cartridge_agent_lvs.errors import HostError
 
 from . import _stratos as st
+from ._feedutil import wait_for
 from ._service import FakeKeepalived, fake_keepalived, vrrp_interface  # noqa: F401
 
 pytestmark = pytest.mark.keepalived
@@ -145,13 +145,23 @@ def test_two_processes_on_one_path_do_not_interleave(conf):
     assert [n for n in os.listdir(os.path.dirname(conf)) if n.endswith(".tmp")] == []
 
 
+def _waiting_for_flock(path: str) -> bool:
+    """Someone is blocked in flock() on *path*: /proc/locks lists the waiter ("->")."""
+    st = os.stat(path)
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return any("->" in line.split() and where in line.split() for line in f)
+
+
 def test_lock_is_exclusive(conf):
     k = Keepalived(conf)
     entered = threading.Event()
     with k.lock():
         thread = threading.Thread(target=lambda: (k.apply(conf_text(1)), entered.set()))
         thread.start()
-        assert not entered.wait(0.5)         # blocked while we hold the lock
+        wait_for(lambda: _waiting_for_flock(conf + ".lock") or entered.is_set(), 10,
+                 "the second locker")
+        assert not entered.is_set()          # blocked while we hold the lock
     thread.join(30)
     assert entered.is_set()
 
@@ -159,24 +169,24 @@ def test_lock_is_exclusive(conf):
 # -- review (issue 10): who gets the SIGHUP, stale temp files, the lock file ----------
 
 @pytest.fixture
-def sleeper():
-    proc = subprocess.Popen(["sleep", "300"])
+def sleeper(tmp_path):
+    """A process named ``sleep`` (even running ``-f`` our file) that counts SIGHUPs."""
+    proc = FakeKeepalived(str(tmp_path), name="sleep")
     yield proc
-    proc.kill()
-    proc.wait()
+    proc.stop()
 
 
 def test_sighup_never_goes_to_a_process_that_is_not_keepalived(conf, tmp_path, sleeper):
-    """A reused or planted pid in the pid file: a real ``sleep`` must survive."""
+    """A reused or planted pid in the pid file: the process is not signalled."""
     pidfile = tmp_path / "planted.pid"
-    pidfile.write_text(f"{sleeper.pid}\n")
+    pidfile.write_text(f"{sleeper.proc.pid}\n")
     k = Keepalived(conf, pidfile=str(pidfile))
     with pytest.raises(HostError) as err:
         k.apply(conf_text(1))
     assert "is not keepalived" in str(err.value) and "\n" not in str(err.value)
-    assert str(sleeper.pid) in str(err.value) and "'sleep'" in str(err.value)
-    time.sleep(0.2)
-    assert sleeper.poll() is None                   # not signalled: still running
+    assert str(sleeper.proc.pid) in str(err.value) and "'sleep'" in str(err.value)
+    sleeper.expect(0)                               # not signalled (counted, not hoped)
+    assert sleeper.proc.poll() is None
     with open(conf) as f:
         assert f.read() == conf_text(1)             # the file itself was written
 

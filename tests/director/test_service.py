@@ -15,11 +15,11 @@ import pytest
 
 from cartridge_agent_lvs.director import service
 from cartridge_agent_lvs.director.feeds import Backoff
-from cartridge_agent_lvs.director.feeds.mqtt import MqttFeed
+from cartridge_agent_lvs.director.feeds.mqtt import REQUEST_TOPIC, MqttFeed
 from cartridge_agent_lvs.errors import SettingsError
 
 from . import _stratos as st
-from ._feedutil import Client, FakeStratos, wait_for
+from ._feedutil import Client, FakeStratos, Spy, wait_for
 from ._service import director_settings, fake_keepalived  # noqa: F401
 from .conftest_broker import broker, broker_factory  # noqa: F401
 
@@ -34,16 +34,33 @@ def real_servers(conf_text: str) -> dict:
 
 
 class Running:
-    """``service.run`` in a thread; ``conf()`` reads the live file."""
+    """``service.run`` in a thread; ``conf()`` reads the live file.
 
-    def __init__(self, settings, **kw) -> None:
+    Two test-only observation points, set on this run's own objects (the product is
+    not changed): the updates the feed pushes are counted (``pushed``) and the loop's
+    passes are counted (a :class:`Spy` on ``Director.tick``); :meth:`settled` uses
+    them instead of sleeping.
+    """
+
+    def __init__(self, settings, feed=None) -> None:
         self.settings = settings
         self.stop = threading.Event()
         self.director = service.Director(settings, service.keepalived_for(settings))
+        self.ticks = Spy(self.director, "tick")
+        self.feed = feed or service.build_feed(settings)
+        self.pushed = 0
+        start = self.feed.start
+
+        def counting_start(sink):
+            def counted(update):
+                self.pushed += 1            # before the loop can see it
+                sink(update)
+            start(counted)
+        self.feed.start = counting_start
         self.result = []
         self.thread = threading.Thread(
             target=lambda: self.result.append(
-                service.run(settings, self.stop, director=self.director, **kw)),
+                service.run(settings, self.stop, director=self.director, feed=self.feed)),
             daemon=True)
         self.thread.start()
 
@@ -60,6 +77,34 @@ class Running:
     def wait_servers(self, expected: dict, timeout: float = 15.0) -> None:
         wait_for(lambda: self.servers() == expected, timeout,
                  f"real servers {expected}, have {self.servers()}")
+
+    def ignored(self, reason: str) -> float:
+        """``feed_events_ignored_total{reason}`` of this run."""
+        return self.director.registry.get_sample_value(
+            "lvs_extension_feed_events_ignored_total", {"reason": reason}) or 0
+
+    def settled(self, timers: bool = False, timeout: float = 15.0) -> None:
+        """Wait until the loop has done everything the updates it got call for.
+
+        That is: every update the feed pushed is handled, no change waits for its
+        quiet period (nor, unless *timers*, a drain, a held mass removal or a reload
+        retry for its timer), and one whole pass of the loop then went by without a
+        render or a reload.  From here on the service does nothing until the next
+        update (or, with *timers*, until a timer is due), so an absence check needs
+        no sleep.
+        """
+        d = self.director
+
+        def pending():
+            return (d.coalescer.deadline() if timers else d.deadline()) is not None
+
+        def quiet() -> bool:
+            before = (self.pushed, d.handled, d.renders, d.reloads)
+            if before[0] != before[1] or pending():
+                return False
+            self.ticks.wait(2, timeout, "passes of the service loop")
+            return (self.pushed, d.handled, d.renders, d.reloads) == before and not pending()
+        wait_for(quiet, timeout, "the service to settle")
 
     def close(self) -> int:
         self.stop.set()
@@ -95,12 +140,17 @@ def active(*members, s=0) -> dict:
 @pytest.mark.broker
 def test_mqtt_follows_stratos(broker, director_settings, fake_keepalived, running):
     settings = director_settings(mqtt=[broker.address], drain_seconds=0)
-    pub = Client(broker)
+    pub = Client(broker, subscribe=REQUEST_TOPIC)
     try:
         svc = running(settings, feed=fast_mqtt(settings))
+        # the feed asks for the complete topology once subscribed: from then on it
+        # hears what is published
+        wait_for(lambda: pub.received, what="the feed's CompleteTopologyRequestEvent")
         pub.publish("MemberActivatedEvent", st.member_event(0, 9))  # before complete
-        time.sleep(1.0)
-        assert svc.conf() == "" and fake_keepalived.hups() == 0   # nothing written yet
+        wait_for(lambda: svc.ignored("before_complete") == 1, what="the early event")
+        svc.settled()
+        assert svc.conf() == ""                                 # nothing written yet
+        fake_keepalived.expect(0)
         pub.publish("CompleteTopologyEvent", st.topology({0: [0, 1, 2]}, inactive={0: [3]}))
         svc.wait_servers(active(0, 1, 2))
         wait_for(lambda: fake_keepalived.hups() == 1, what="one reload")
@@ -108,7 +158,8 @@ def test_mqtt_follows_stratos(broker, director_settings, fake_keepalived, runnin
         svc.wait_servers(active(0, 1, 2, 3))
         pub.publish("MemberTerminatedEvent", st.member_event(0, 1))
         svc.wait_servers(active(0, 2, 3))
-        wait_for(lambda: fake_keepalived.hups() == 3, what="three reloads")
+        svc.settled()
+        fake_keepalived.expect(3)
     finally:
         pub.close()
     assert svc.close() == 0
@@ -126,7 +177,7 @@ def test_burst_gives_one_reload(broker, director_settings, fake_keepalived, runn
             stratos.publish("MemberSuspendedEvent", st.member_event(0, i))
             stratos.publish("MemberActivatedEvent", st.member_event(0, i + 40))
         svc.wait_servers(active(*range(20, 60)))
-        time.sleep(1.0)
+        svc.settled()
         fake_keepalived.expect(2)
     finally:
         stratos.close()
@@ -140,13 +191,16 @@ def test_broker_restart_mid_stream(broker, director_settings, fake_keepalived, r
         svc = running(settings, feed=fast_mqtt(settings))
         svc.wait_servers(active(0, 1, 2, 3))
         broker.stop()
-        time.sleep(0.5)
+        wait_for(lambda: not svc.feed.connected, what="the feed to notice the loss")
+        svc.settled()
         assert svc.servers() == active(0, 1, 2, 3)     # feed loss changes nothing
+        fake_keepalived.expect(1)
         # while the broker is down a member leaves; only the complete topology
         # re-requested after the reconnect can tell
         stratos.topology = st.topology({0: [0, 1, 2]})
         broker.start()
         svc.wait_servers(active(0, 1, 2))
+        svc.settled()
         fake_keepalived.expect(2)
     finally:
         stratos.close()
@@ -157,13 +211,16 @@ def test_broker_down_at_startup(broker_factory, director_settings, fake_keepaliv
                                 running):
     late = broker_factory()
     settings = director_settings(mqtt=[late.address])
-    svc = running(settings, feed=fast_mqtt(settings))
-    time.sleep(1.0)
+    feed = fast_mqtt(settings)
+    rounds = Spy(feed, "_sleep")
+    svc = running(settings, feed=feed)
+    rounds.wait(5, what="failed connection rounds")        # backoff 0.05 s to 0.2 s
     assert svc.conf() == "" and svc.thread.is_alive()
     late.start()
     stratos = FakeStratos(late, st.topology({0: [5, 6]}))
     try:
         svc.wait_servers(active(5, 6))
+        svc.settled()
         fake_keepalived.expect(1)
     finally:
         stratos.close()
@@ -206,7 +263,7 @@ def test_junk_never_crashes_nor_changes_the_config(broker, director_settings,
                     stratos.publish(name, payload)
             wait_for(lambda: svc.director.handled >= handled + 2 * len(JUNK), 30,
                      "junk handled")
-            time.sleep(0.5)
+            svc.settled()
         assert svc.conf() == good
         fake_keepalived.expect(1)
         assert svc.thread.is_alive()
@@ -229,12 +286,19 @@ def test_mass_removal_is_held_then_applied(broker, director_settings, fake_keepa
         svc = running(settings, feed=fast_mqtt(settings))
         svc.wait_servers(active(*range(10)))
         with caplog.at_level(logging.WARNING):
+            asked = time.monotonic()
             stratos.publish("CompleteTopologyEvent", st.topology({0: [0, 1]}))  # 8 of 10
             wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="warning")
-        time.sleep(1.0)
+        svc.settled(timers=True)                # the change is held, the hold runs
         assert svc.servers() == active(*range(10))
         fake_keepalived.expect(1)
-        svc.wait_servers(active(0, 1), timeout=5)            # applied after the hold
+        seen = []                               # every state of the file until applied
+        wait_for(lambda: seen.append(svc.servers()) or seen[-1] == active(0, 1), 10,
+                 "the removal after the hold")
+        took = time.monotonic() - asked
+        assert took >= 2, f"applied after {took:.2f}s, before mass_removal_hold"
+        assert all(s in (active(*range(10)), active(0, 1)) for s in seen)
+        svc.settled()
         fake_keepalived.expect(2)
     finally:
         stratos.close()
@@ -258,8 +322,9 @@ def test_drain_weight_zero_then_removed_and_comeback(broker, director_settings,
         stratos.publish("MemberSuspendedEvent", st.member_event(0, 1))
         svc.wait_servers({st.member_ip(0, 0): 1, st.member_ip(0, 1): 0})
         stratos.publish("MemberActivatedEvent", st.member_event(0, 1))
+        # "at once": after the quiet period (0.1 s), well before its drain (1.5 s) ends
         svc.wait_servers(active(0, 1), timeout=1.0)
-        time.sleep(2.0)
+        svc.settled()                   # a drain timer left for member 1 would fire first
         assert svc.servers() == active(0, 1)
         fake_keepalived.expect(5)
     finally:
@@ -285,11 +350,12 @@ def test_file_feed_change_reloads_once_bad_file_keeps_last_good(
     svc.wait_servers(active(0, 1))
     write_json(topo, st.topology({0: [0, 1, 2]}))
     svc.wait_servers(active(0, 1, 2))
-    time.sleep(0.8)
+    svc.settled()
     fake_keepalived.expect(2)
     with caplog.at_level(logging.WARNING):
         write_json(topo, '{"topology": {"serviceMap": ')            # truncated
-        time.sleep(1.5)
+        wait_for(lambda: svc.ignored("invalid") == 1, what="the bad file rejected")
+        svc.settled()
     assert svc.servers() == active(0, 1, 2)
     fake_keepalived.expect(2)
     assert sum("ignored CompleteTopologyEvent" in r.getMessage()
@@ -311,7 +377,8 @@ def test_http_feed(tmp_path, director_settings, fake_keepalived, running):
         server.body = json.dumps(st.topology({0: [3, 4, 5]})).encode()
         svc.wait_servers(active(3, 4, 5))
         server.status = 500                               # feed loss: keep last good
-        time.sleep(0.5)
+        wait_for(lambda: server.replies.count(500) >= 3, what="failed polls")
+        svc.settled()
         assert svc.servers() == active(3, 4, 5)
         fake_keepalived.expect(2)
     finally:
@@ -354,10 +421,10 @@ def test_restart_over_a_live_conf_holds_a_mass_removal(
     with caplog.at_level(logging.INFO):
         svc = running(settings)
         wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="the guard")
-        time.sleep(0.5)
+        svc.settled(timers=True)                # the hold (60 s) runs; nothing else
     assert "removes 10 of 10" in caplog.text or "removes 9 of 10" in caplog.text
     assert svc.conf() == live                       # nothing removed
-    assert fake_keepalived.hups() == 0
+    fake_keepalived.expect(0)
     assert "baseline: 10 real servers" in caplog.text
     assert not stale.exists()
     assert svc.close() == 0
@@ -376,6 +443,7 @@ def test_restart_over_an_unreadable_conf_starts_without_a_baseline(
         svc.wait_servers(active(0))
     assert "starting without a baseline" in caplog.text
     assert "not written by lvs-extension" in caplog.text
+    svc.settled()
     fake_keepalived.expect(1)
 
 
@@ -441,7 +509,7 @@ def test_stratos_416_new_application_enters_and_leaves(broker, director_settings
         wait_for(lambda: svc.director.handled >= handled + len(step["messages"]), 10,
                  step["note"])
         svc.wait_servers(then)
-        time.sleep(0.3)                     # the quiet period passes: nothing else comes
+        svc.settled(timers=True)            # nothing else comes (but a drain may run)
         assert svc.servers() == then, step["note"]
         checker.check_file(settings.keepalived_conf)          # the real keepalived -t
 
@@ -459,7 +527,8 @@ def test_stratos_416_new_application_enters_and_leaves(broker, director_settings
     finally:
         stratos.close()
     assert "unknown cluster" not in caplog.text and "ignored" not in caplog.text
-    assert fake_keepalived.hups() == 4      # complete, activated, drain start, drain end
+    svc.settled()
+    fake_keepalived.expect(4)               # complete, activated, drain start, drain end
 
 
 def test_restart_over_a_live_conf_with_per_service_settings_holds_it_byte_for_byte(
@@ -478,6 +547,7 @@ def test_restart_over_a_live_conf_with_per_service_settings_holds_it_byte_for_by
     with caplog.at_level(logging.INFO):
         svc = running(settings)
         wait_for(lambda: "MASS REMOVAL HELD BACK" in caplog.text, what="the guard")
-        time.sleep(0.5)
-    assert svc.conf() == live and fake_keepalived.hups() == 0
+        svc.settled(timers=True)                # the hold (60 s) runs; nothing else
+    assert svc.conf() == live
+    fake_keepalived.expect(0)
     assert svc.close() == 0

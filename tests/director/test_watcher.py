@@ -150,8 +150,10 @@ def test_the_thread_polls_while_the_caller_goes_on(caplog):
         started = time.monotonic()
         watcher.expect(desired, None, cause=started)
         assert time.monotonic() - started < 0.05          # expect() never waits
-        time.sleep(0.3)
-        assert watcher.report.state == WAITING
+        time.sleep(0.3)     # the scenario: IPVS follows the reload 0.3 s late
+        reads = kernel.reads
+        wait_for(lambda: kernel.reads > reads, 5, "the watcher to look again")
+        assert watcher.report.state == WAITING            # looked: not there yet
         kernel.apply(desired)
         wait_for(lambda: watcher.report.state == CONVERGED, 5, "convergence")
         assert 0.3 <= watcher.report.event_seconds < 2
