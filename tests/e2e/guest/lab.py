@@ -324,11 +324,16 @@ def read_ip_vs_conns() -> int:
 IP_VS_TOTALS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
 
 
+def parse_ip_vs_totals(text: str) -> dict:
+    """``/proc/net/ip_vs_stats`` -> ``{"conns", "inpkts", "outpkts", "inbytes", "outbytes"}``
+    (line 3, hexadecimal)."""
+    return dict(zip(IP_VS_TOTALS, (int(x, 16) for x in text.splitlines()[2].split())))
+
+
 def read_ip_vs_totals() -> dict:
-    """The calling thread's namespace's IPVS totals (``/proc/net/ip_vs_stats``, line 3):
-    ``{"conns", "inpkts", "outpkts", "inbytes", "outbytes"}`` (folded every 2 s)."""
+    """The calling thread's namespace's IPVS totals (folded every 2 s)."""
     with open("/proc/thread-self/net/ip_vs_stats") as f:
-        return dict(zip(IP_VS_TOTALS, (int(x, 16) for x in f.read().splitlines()[2].split())))
+        return parse_ip_vs_totals(f.read())
 
 
 @dataclass(frozen=True)
