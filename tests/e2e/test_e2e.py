@@ -1,4 +1,4 @@
-"""End to end: LVS direct routing set up only by the project's tools, in a real kernel.
+"""End to end: LVS direct routing and tunnelling set up only by the project's tools, in a real kernel.
 
 One VM per session (``conftest.py``) runs every scenario (``guest/scenarios.py``) and
 reports facts and measurements; these tests hold the verdicts and the thresholds.
@@ -133,3 +133,33 @@ def test_p_stratos_agent_python27_stock_extension_repaired_and_clean_restores(e2
     m = e2e.expect_ok("p")["measurements"]
     # Create, Started, clean reach the plugin; MemberTerminatedEvent is not subscribed
     assert m["events_logged"] == 3 and m["errors_after_install_pca"] == 0, m
+
+
+def test_t_tunnel_mode_real_servers_in_another_subnet_behind_a_router(e2e):
+    m = e2e.expect_ok("t")["measurements"]
+    # the directors tunnel (IPVS "Tunnel") to real servers reached via the router; rr
+    assert m["ipvs_method"] == {"dir1": ["Tunnel"], "dir2": ["Tunnel"]}, m
+    assert m["answers"] == {"rt1": 10, "rt2": 10}, m
+    # the replies bypass the director: its IPVS saw inbound packets only
+    assert m["ip_vs_stats_growth"]["conns"] == 20 and m["ip_vs_stats_growth"]["outpkts"] == 0, m
+    for real_server, grown in m["metrics_growth"].items():
+        assert grown["packets_in"] > 0 and grown["packets_out"] == 0, (real_server, m)
+    # the health check in tunnel mode, as in c
+    assert set(m["removal_seconds_per_director"]) == {"dir1", "dir2"}, m
+    assert m["removal_seconds"] <= DELAY_LOOP + CONNECT_TIMEOUT + SLACK * e2e.factor, m
+    # remove: tunl0 down and bare again, rp_filter and ARP sysctls as before apply
+    assert m["restored"] is True, m
+
+
+def test_t_tunnel_mtu_largest_request_without_and_with_the_fix(e2e):
+    m = e2e.expect_ok("t")["measurements"]
+    mtu = m["mtu"]
+    # ICMP "fragmentation needed" dropped before the client, nothing tuned: a request
+    # passes only in one segment that still fits after IPIP -- link MTU - IPIP - IPv4
+    # header - TCP header with timestamps (20 + 12)
+    assert m["icmp_dropped_at_client"] > 0, m
+    assert m["largest_request_icmp_blocked"] == mtu["link"] - mtu["ipip_overhead"] - 20 - 32, m
+    # the README's fix (advmss on the real servers' route back to the clients), ICMP
+    # still dropped: every size tried passes; so does path-MTU discovery, ICMP let through
+    assert all(m["with_advmss_fix"].values()) and "60000" in m["with_advmss_fix"], m
+    assert all(m["with_pmtu_discovery"].values()) and "60000" in m["with_pmtu_discovery"], m

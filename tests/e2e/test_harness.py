@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import email.parser
 import json
 import subprocess
+import sys
 
-from tests.e2e.guest import lab, pace, scenarios
+import pytest
+
+from tests.e2e.guest import lab, pace, routed, scenarios
 from tests.e2e.guest.stratos import Topology
 from tests.e2e.kernel import _PACKAGE_RE
 from tests.e2e.vm import VmLimit
@@ -155,3 +159,55 @@ def test_fault_script_removes_exactly_rs2s_health_checks(tmp_path):
     assert "real_server 10.99.0.22 80 {\n        weight 1\n    }\n" in text
     assert "real_server fd99::22 80 {\n        weight 1\n    }\n" in text
     assert text.count("{") == text.count("}")
+
+
+def test_padded_request_has_the_exact_size_and_stays_one_header_line():
+    for size in (routed.SMALL, 1428, 1429, routed.LARGE):
+        request = lab.http_request(routed.VIP, size)
+        assert len(request) == size and request.endswith(b"\r\n\r\n")
+        line, _, rest = request.decode().partition("\r\n")
+        headers = email.parser.Parser().parsestr(rest)
+        assert line == "GET / HTTP/1.0" and headers["Host"] == routed.VIP
+        # http.server refuses a header line over 65536 bytes: the largest size must fit
+        assert len(headers["X-Pad"]) < 65536
+    assert lab.http_request("fd99::100") == b"GET / HTTP/1.0\r\nHost: [fd99::100]\r\n\r\n"
+    with pytest.raises(ValueError):
+        lab.http_request(routed.VIP, 30)
+
+
+IP_VS_STATS = """   Total Incoming Outgoing         Incoming         Outgoing
+   Conns  Packets  Packets            Bytes            Bytes
+      14       77        0             1BB0                0
+
+ Conns/s   Pkts/s   Pkts/s          Bytes/s          Bytes/s
+       0        0        0                0                0
+"""
+
+
+def test_parse_ip_vs_totals_reads_the_hexadecimal_totals():
+    assert lab.parse_ip_vs_totals(IP_VS_STATS) == {
+        "conns": 0x14, "inpkts": 0x77, "outpkts": 0, "inbytes": 0x1BB0, "outbytes": 0}
+
+
+def test_tunnel_service_starts_without_members_and_renders_as_tun(tmp_path):
+    """What the suite's directors are given for scenario t: the TUN service is in the
+    topology from the start, rendered once it has members, with lb_kind TUN while the
+    other services stay DR."""
+    topology = Topology(scenarios.PORT)
+    topology.add("web", "rs1", scenarios.v4("rs1"))
+    topology.add_service(routed.SERVICE)
+    clusters = topology.complete_event()["topology"]["serviceMap"][routed.SERVICE]["clusterIdClusterMap"]
+    assert [c["memberMap"] for c in clusters.values()] == [{}]
+    for name, (ipv4, _) in routed.SERVERS.items():
+        topology.add(routed.SERVICE, name, ipv4)
+    path = tmp_path / "topology.json"
+    path.write_text(topology.dumps())
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from cartridge_agent_lvs.director.cli import main; sys.exit(main())",
+         "render", "--config", str(routed.director_config(tmp_path)), "--topology", str(path),
+         "--vip-map", f"web|{scenarios.VIP4},{routed.vip_map_entry()}", "--forwarding-method", "DR"],
+        capture_output=True, text=True, check=True).stdout
+    web, tun = out.split(f"# service {routed.SERVICE}\n")
+    assert "lb_kind DR" in web and "lb_kind TUN" not in web
+    assert "lb_kind TUN" in tun and all(f"real_server {ip} {routed.PORT} " in tun
+                                         for ip, _ in routed.SERVERS.values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -89,11 +90,13 @@ def http_get(address: str, port: int = 80, timeout: float = 1.0) -> str:
 
 
 def http_exchange(address: str, port: int = 80, timeout: float = 1.0,
-                  local: list | None = None) -> tuple[str, int]:
+                  local: list | None = None, size: int = 0) -> tuple[str, int]:
     """One HTTP/1.0 GET on a fresh connection: ``(body, client port)``.
 
     The client port is also appended to ``local`` as soon as the connection is
     attempted, so a failed request still names its port when the kernel gave one.
+    ``size``: the request's exact length in bytes, padded with an ``X-Pad`` header
+    (0: as short as it gets; see :func:`http_request`).
     """
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -109,8 +112,7 @@ def http_exchange(address: str, port: int = 80, timeout: float = 1.0,
                 client_port = 0
             if local is not None:
                 local.append(client_port)
-        host = f"[{address}]" if ":" in address else address
-        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        sock.sendall(http_request(address, size))
         chunks = []
         while True:
             try:
@@ -124,6 +126,28 @@ def http_exchange(address: str, port: int = 80, timeout: float = 1.0,
     if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
         raise OSError(f"bad HTTP response: {head[:60]!r}")
     return body.decode().strip(), client_port
+
+
+def tcp_connects(address: str, port: int, timeout: float = 1.0) -> bool:
+    """Does ``address:port`` accept a TCP connection (what keepalived's TCP_CHECK does)?"""
+    try:
+        socket.create_connection((address, port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def http_request(address: str, size: int = 0) -> bytes:
+    """The bytes of an HTTP/1.0 GET for ``address``, ``size`` bytes long when given
+    (an ``X-Pad`` header fills it up; a size below the bare request is an error)."""
+    host = f"[{address}]" if ":" in address else address
+    head, end = f"GET / HTTP/1.0\r\nHost: {host}\r\n", "\r\n"
+    if not size:
+        return (head + end).encode()
+    pad = size - len(head) - len("X-Pad: \r\n") - len(end)
+    if pad < 0:
+        raise ValueError(f"a request for {address} is at least {size - pad} bytes, not {size}")
+    return (head + "X-Pad: " + "a" * pad + "\r\n" + end).encode()
 
 
 @dataclass
@@ -294,8 +318,22 @@ def read_ip_vs_conns() -> int:
 
     The kernel (6.1) folds its per-CPU counters into this file every 2 s (estimator).
     """
+    return read_ip_vs_totals()["conns"]
+
+
+IP_VS_TOTALS = ("conns", "inpkts", "outpkts", "inbytes", "outbytes")
+
+
+def parse_ip_vs_totals(text: str) -> dict:
+    """``/proc/net/ip_vs_stats`` -> ``{"conns", "inpkts", "outpkts", "inbytes", "outbytes"}``
+    (line 3, hexadecimal)."""
+    return dict(zip(IP_VS_TOTALS, (int(x, 16) for x in text.splitlines()[2].split())))
+
+
+def read_ip_vs_totals() -> dict:
+    """The calling thread's namespace's IPVS totals (folded every 2 s)."""
     with open("/proc/thread-self/net/ip_vs_stats") as f:
-        return int(f.read().splitlines()[2].split()[0], 16)
+        return parse_ip_vs_totals(f.read())
 
 
 @dataclass(frozen=True)
@@ -360,7 +398,7 @@ class Lab:
         self.prefix = prefix
         self.hosts: dict[str, Host] = {}
         self._procs: list[tuple[str, subprocess.Popen]] = []
-        self._bridge = False
+        self._bridges: list[str] = []
 
     # -- commands
     def sh(self, *argv: str, ns: str | None = None, check: bool = True, timeout: float | None = None,
@@ -414,29 +452,53 @@ class Lab:
         return proc.returncode
 
     # -- topology
-    def create_bridge(self) -> None:
-        self.sh("ip", "link", "add", BRIDGE, "type", "bridge")
-        self._bridge = True
-        self.sh("ip", "link", "set", BRIDGE, "up")
+    def create_bridge(self, name: str = BRIDGE) -> None:
+        """A bridge: one L2 segment (``lvsbr0`` is the directors' LAN)."""
+        self.sh("ip", "link", "add", name, "type", "bridge")
+        self._bridges.append(name)
+        self.sh("ip", "link", "set", name, "up")
 
-    def add_host(self, name: str, ipv4: str, ipv6: str) -> Host:
-        """A namespace with ``eth0`` (IPv4 /24 and IPv6 /64, no DAD) on the bridge."""
+    def add_host(self, name: str, ipv4: str, ipv6: str, bridge: str = BRIDGE) -> Host:
+        """A namespace with ``eth0`` (IPv4 /24 and IPv6 /64, no DAD) on ``bridge``."""
         ns = f"{self.prefix}-{name}"
         self.sh("ip", "netns", "add", ns)
         self.hosts[name] = None  # cleaned up even if the rest fails
-        peer = f"v-{name}"[:15]
-        self.sh("ip", "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        self.sh("ip", "link", "set", peer, "master", BRIDGE, "up")
-        script = (
-            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"
-            " net.ipv6.conf.eth0.accept_dad=0"
-            f" && ip link set lo up && ip link set eth0 up"
-            f" && ip addr add {ipv4}/24 dev eth0 && ip addr add {ipv6}/64 dev eth0 nodad"
-            " && cat /sys/class/net/eth0/address")
-        mac = self.sh("sh", "-c", script, ns=ns).stdout.strip()
+        mac = self.add_leg(name, bridge, "eth0", ipv4, ipv6, ns=ns)
         host = Host(name, ipv4, ipv6, mac, NetnsWorker(ns))
         self.hosts[name] = host
         return host
+
+    def add_leg(self, name: str, bridge: str, ifname: str, ipv4: str, ipv6: str,
+                ns: str | None = None) -> str:
+        """Plug host ``name`` into ``bridge`` with a veth named ``ifname`` in its
+        namespace (IPv4 /24 and IPv6 /64, no DAD); its MAC address."""
+        ns = ns or self.ns(name)
+        peer = (f"v-{name}" if ifname == "eth0" else f"v-{name}.{ifname}")[:15]
+        self.sh("ip", "link", "add", peer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        self.sh("ip", "link", "set", peer, "master", bridge, "up")
+        script = (
+            "sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0"
+            f" net.ipv6.conf.{ifname}.accept_dad=0"
+            f" && ip link set lo up && ip link set {ifname} up"
+            f" && ip addr add {ipv4}/24 dev {ifname} && ip addr add {ipv6}/64 dev {ifname} nodad"
+            f" && cat /sys/class/net/{ifname}/address")
+        return self.sh("sh", "-c", script, ns=ns).stdout.strip()
+
+    def add_router(self, name: str, legs: dict) -> Host:
+        """A router: host ``name`` with one leg per bridge (``{bridge: (ipv4, ipv6)}``,
+        the first becomes ``eth0``, the next ``eth1``...) and IPv4 forwarding on."""
+        (first, (ipv4, ipv6)), *others = legs.items()
+        host = self.add_host(name, ipv4, ipv6, bridge=first)
+        for i, (bridge, (a4, a6)) in enumerate(others, 1):
+            self.add_leg(name, bridge, f"eth{i}", a4, a6)
+        self.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.ns(name))
+        return host
+
+    def link(self, name: str, ifname: str) -> dict:
+        """``ip -j -s -d addr show dev IFNAME`` in host ``name``'s namespace: flags,
+        operstate, ``addr_info``, ``stats64`` (rx/tx packets)..."""
+        out = self.sh("ip", "-j", "-s", "-d", "addr", "show", "dev", ifname, ns=self.ns(name)).stdout
+        return json.loads(out)[0]
 
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -456,7 +518,6 @@ class Lab:
             if proc.returncode:
                 problems.append(f"netns del {name}: {proc.stderr.strip()}")
         self.hosts.clear()
-        if self._bridge:
-            self.sh("ip", "link", "del", BRIDGE, check=False)
-            self._bridge = False
+        while self._bridges:
+            self.sh("ip", "link", "del", self._bridges.pop(), check=False)
         return problems

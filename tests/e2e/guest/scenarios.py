@@ -15,6 +15,10 @@ Who configures what -- the point of the suite:
   topology (file + events), and the *control* host of scenario g, which is deliberately
   set up by hand the way the original bash extension did it.
 
+Scenario t (LVS-TUN: real servers rt1, rt2 in another subnet, behind a router
+namespace on a second bridge) lives in ``routed.py``; the directors serve its service
+``webtun`` from the start (forwarding method TUN), its members join in t.
+
 Every scenario is asserted from the client (HTTP, ARP, neighbour table) and from the
 director's IPVS state (``/proc/net/ip_vs`` read in its namespace, ``lvs-extension
 stats``). Measurements are recorded; the host-side tests hold the thresholds.
@@ -26,7 +30,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import sys
 import time
 import traceback
@@ -36,6 +39,7 @@ from pathlib import Path
 
 from tests.e2e.guest import lab as L
 from tests.e2e.guest import pace
+from tests.e2e.guest import routed
 from tests.e2e.guest.stratos import Topology
 
 VIP4 = "10.99.0.100"
@@ -57,7 +61,7 @@ MODULES = ("dummy", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ipip", "bridge", "veth")
 #: factor (pace.py); about twice what it takes on an idle 2-vCPU CI machine. The
 #: project commands (a Python start importing pyroute2 each) dominate them.
 BUDGETS = {"setup": 300, "a": 30, "h": 150, "c": 90, "b": 60, "e": 60, "j": 90, "f": 90, "g": 120,
-           "p": 480, "i": 45, "d": 90, "cleanup": 60}
+           "p": 480, "i": 45, "t": 240, "d": 90, "cleanup": 60}
 #: the real server whose health check the fault "health-check" removes
 UNCHECKED = "rs2"
 SERVICE4 = f"TCP {VIP4}:{PORT}"
@@ -123,7 +127,7 @@ class Suite:
 
     # Execution order. d (the MASTER's keepalived killed) runs last: afterwards the
     # BACKUP serves and the old MASTER is a crashed machine.
-    ORDER = "ahcbejfgpid"
+    ORDER = "ahcbejfgpitd"
     #: what a connection-sync run (``--sync``) runs unless told otherwise
     SYNC_ORDER = "ad"
     COMMON_LOGS = ["dir1-lvs-extension.log", "dir2-lvs-extension.log",
@@ -313,13 +317,13 @@ class Suite:
                            log="agent.log", check=check, timeout=timeout,
                            pace_label=f"cartridge-agent-lvs {verb}" if calibrate else None)
 
-    def payload(self, name: str, vips: str) -> Path:
+    def payload(self, name: str, vips: str, mode: str | None = None) -> Path:
         path = self.workdir / "payloads" / f"{name}.launch-params"
         path.parent.mkdir(exist_ok=True)
         path.write_text(
             f"APPLICATION_ID=e2e,SERVICE_NAME=web,CLUSTER_ID=web.e2e.domain,MEMBER_ID=web.{name},"
             f"HOST_NAME={name}.e2e.example.org,PORTS={PORT},LB_CLUSTER_ID=null,"
-            f"LVS_VIRTUAL_IP={vips}\n")
+            f"LVS_VIRTUAL_IP={vips}" + (f",LVS_MODE={mode}" if mode else "") + "\n")
         return path
 
     def start_http(self, name: str) -> None:
@@ -329,13 +333,7 @@ class Suite:
     def http_listening(self, name: str) -> bool:
         """Does ``name``'s HTTP server accept a TCP connection on its own address (from
         the client)? -- exactly what keepalived's TCP_CHECK tests."""
-        def probe():
-            try:
-                socket.create_connection((v4(name), PORT), timeout=1.0).close()
-                return True
-            except OSError:
-                return False
-        return self.host("client").worker.call(probe)
+        return self.host("client").worker.call(L.tcp_connects, v4(name), PORT)
 
     def wait_listening(self, name: str, timeout: float = 30) -> float:
         """Wait until ``name``'s HTTP server listens (a Python start: scaled by the pace)."""
@@ -398,6 +396,7 @@ class Suite:
         for name in REAL_SERVERS:
             self.topology.add("web", name, v4(name))
             self.topology.add("web6", name, v6(name))
+        self.topology.add_service(routed.SERVICE)        # its members join in scenario t
         self.write_topology()
         for name in DIRECTORS:             # both Python starts side by side
             self.start_extension(name)
@@ -440,7 +439,8 @@ class Suite:
             extra += ["--reload-command", f"sh {self.fault_script()} {conf} {d / 'keepalived.pid'}"]
         self.extension[name] = self.lab.start(
             f"{name}-lvs-extension",
-            [*command("lvs-extension"), "run", "--vip-map", f"web|{VIP4},web6|{VIP6}",
+            [*command("lvs-extension"), "run", "--vip-map", f"web|{VIP4},web6|{VIP6},{routed.vip_map_entry()}",
+             "--config", str(routed.director_config(self.workdir)),
              "--interface", "eth0", "--state", state, "--priority", str(priority),
              "--virtual-router-id", "51", "--scheduler", "rr", "--forwarding-method", "DR",
              "--health-check", "TCP_CHECK", "--keepalived-conf", str(conf),
@@ -900,7 +900,7 @@ class Suite:
         return L.wait_for(resolved, pace.scaled(10), 0.1, f"the client resolves {address}")[0]
 
     def scenario_i(self, s: Scenario) -> None:
-        """i. IPv6 VIP end to end (TUN where the plugin supports it)"""
+        """i. IPv6 VIP end to end (direct routing; TUN is IPv4 only: scenario t)"""
         members = {"rs1", "rs2", LATE_MEMBER}
         self.wait_members(SERVICE6, {rip6(m) for m in members}, timeout=10)
         for d in DIRECTORS:
@@ -914,6 +914,10 @@ class Suite:
         s.measure("ipv6_members", sorted(self.dests("dir1", SERVICE6)))
         s.check(seen == {m: 10 for m in members}, f"not the rr spread 10/10/10: {dict(seen)}")
         s.check(f" {VIP6}/" in self.addresses("dir1"), "dir1 does not hold the IPv6 VIP")
+
+    def scenario_t(self, s: Scenario) -> None:
+        """t. LVS-TUN to real servers in another subnet behind a router: IPIP spread, replies not via the director, health check, remove restores; MTU measured"""
+        routed.TunnelLab(self, s, tuple(DIRECTORS)).run()
 
     def scenario_d(self, s: Scenario) -> None:
         """d. the MASTER director's keepalived dies: the BACKUP serves the VIP"""

@@ -47,6 +47,10 @@ class Topology:
         self.services.setdefault(service, {})[name] = member
         return member
 
+    def add_service(self, service: str) -> None:
+        """A service (and its cluster) without members yet."""
+        self.services.setdefault(service, {})
+
     def member(self, service: str, name: str) -> Member:
         return self.services[service][name]
 
