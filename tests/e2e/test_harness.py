@@ -211,3 +211,33 @@ def test_tunnel_service_starts_without_members_and_renders_as_tun(tmp_path):
     assert "lb_kind DR" in web and "lb_kind TUN" not in web
     assert "lb_kind TUN" in tun and all(f"real_server {ip} {routed.PORT} " in tun
                                          for ip, _ in routed.SERVERS.values())
+
+
+def test_every_client_connection_gets_a_fresh_source_port():
+    """A reused client port would be the same IPVS connection in DR (lab.bind_fresh_port)."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"rs")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    taken = socket.socket()
+    try:
+        first = lab.http_exchange("127.0.0.1", server.server_address[1])[1]
+        taken.bind(("0.0.0.0", first + 1))           # someone else holds the next port
+        ports = [lab.http_exchange("127.0.0.1", server.server_address[1])[1] for _ in range(5)]
+    finally:
+        taken.close()
+        server.shutdown()
+        server.server_close()
+    assert len(set([first] + ports)) == 6 and first + 1 not in ports
+    assert all(20000 <= p < 32000 for p in [first] + ports)
