@@ -37,14 +37,14 @@ import re
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import HostError, LvsError
-from .files import open_regular
+from .files import fsync_dir as _fsync_dir
+from .files import open_regular, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -205,13 +205,29 @@ class Keepalived:
             raise HostError(f"pid {pid} in {self.pidfile} is keepalived but runs {running}, "
                             f"not {self.conf_path}; not signalling it")
 
-    def _pid(self) -> Optional[int]:
+    def running(self) -> bool:
+        """Whether the keepalived of the pid file is alive and runs this file (mode bgp
+        announces the VIPs only then).  Never raises; a zombie is not running."""
+        try:
+            pid = self._pid(quiet=True)
+            if pid is None:
+                return False
+            self._check_process(pid)
+            stat_ = _read_proc(f"/proc/{pid}/stat")
+        except (ProcessLookupError, HostError, OSError):
+            return False
+        state = stat_.rpartition(")")[2].split()[:1]
+        return state not in (["Z"], ["X"])
+
+    def _pid(self, quiet: bool = False) -> Optional[int]:
         if not self.pidfile:
             return None
         try:
             with open_regular(self.pidfile) as f:
                 text = f.read(64).decode("ascii", "replace").strip()
         except FileNotFoundError:
+            if quiet:
+                return None
             log.info("no keepalived pid file %s; keepalived reads the new file when it "
                      "starts", self.pidfile)
             return None
@@ -294,26 +310,9 @@ class Keepalived:
                      directory, ", ".join(removed))
         return removed
 
-    @contextmanager
-    def _temp(self, text: str) -> Iterator[str]:
-        directory = os.path.dirname(self.conf_path)
-        try:
-            fd, path = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-",
-                                        suffix=_TEMP_SUFFIX, dir=directory)
-        except OSError as exc:
-            raise HostError(f"cannot write in {directory}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            yield path
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass   # renamed into place
+    def _temp(self, text: str):
+        return temp_beside(self.conf_path, text, f"{_TEMP_PREFIX}{os.getpid()}-",
+                           _TEMP_SUFFIX)
 
 
 def config_file_of(argv: Sequence[str], cwd: str = "/") -> str:
@@ -383,14 +382,3 @@ def _signal_checked(pid: int, signum: int, check) -> None:
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:   # some filesystems refuse fsync on directories
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from tests.e2e.guest import lab as L
 from tests.e2e.guest import pace
+from tests.e2e.guest.ecmp import ECMP_BUDGETS, ECMP_ORDER, EcmpScenarios
 from tests.e2e.guest.stratos import Topology
 
 VIP4 = "10.99.0.100"
@@ -57,7 +58,7 @@ MODULES = ("dummy", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ipip", "bridge", "veth")
 #: factor (pace.py); about twice what it takes on an idle 2-vCPU CI machine. The
 #: project commands (a Python start importing pyroute2 each) dominate them.
 BUDGETS = {"setup": 300, "a": 30, "h": 150, "c": 90, "b": 60, "e": 60, "j": 90, "f": 90, "g": 120,
-           "p": 480, "i": 45, "d": 90, "cleanup": 60}
+           "p": 480, "i": 45, "d": 90, "cleanup": 60, **ECMP_BUDGETS}
 #: the real server whose health check the fault "health-check" removes
 UNCHECKED = "rs2"
 SERVICE4 = f"TCP {VIP4}:{PORT}"
@@ -118,12 +119,13 @@ class Scenario:
             raise AssertionError(message)
 
 
-class Suite:
+class Suite(EcmpScenarios):
     """The lab, the project's tools driving it, and the scenarios."""
 
-    # Execution order. d (the MASTER's keepalived killed) runs last: afterwards the
-    # BACKUP serves and the old MASTER is a crashed machine.
-    ORDER = "ahcbejfgpid"
+    # Execution order. d (the MASTER's keepalived killed) runs last of the VRRP pair's:
+    # afterwards the BACKUP serves and the old MASTER is a crashed machine. Then the
+    # ECMP directors of mode bgp (ecmp.py), on the same bridge and real servers.
+    ORDER = "ahcbejfgpid" + ECMP_ORDER
     #: what a connection-sync run (``--sync``) runs unless told otherwise
     SYNC_ORDER = "ad"
     COMMON_LOGS = ["dir1-lvs-extension.log", "dir2-lvs-extension.log",
