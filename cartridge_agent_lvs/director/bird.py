@@ -13,11 +13,11 @@ from __future__ import annotations
 import os
 import re
 import socket
-import subprocess
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import HostError, LvsError
-from .files import fsync_dir, open_regular, temp_beside
+from .files import fsync_dir, read_text, temp_beside
+from .keepalived import run_checker
 
 #: ``configure`` answered: 0003 Reconfigured, 0004 in progress, 0018/0019/0020 (confirm,
 #: nothing to do, ...); any code >= 8000 is a failure
@@ -39,28 +39,19 @@ class Bird:
 
     def check_file(self, path: str) -> None:
         """``bird -p -c PATH``; BirdError unless it exits 0."""
-        try:
-            proc = subprocess.run([self.binary, "-p", "-c", path], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, errors="replace",
-                                  timeout=self.timeout, check=False)
-        except FileNotFoundError:
-            raise HostError(f"BIRD binary {self.binary!r} not found (install bird2 or set "
-                            "bird_bin)") from None
-        except subprocess.TimeoutExpired:
-            raise BirdError(f"bird -p: no answer within {self.timeout:g} s") from None
+        proc = run_checker([self.binary, "-p", "-c", path], self.timeout,
+                           f"BIRD binary {self.binary!r} not found (install bird2 or set "
+                           "bird_bin)")
+        if proc is None:
+            raise BirdError(f"bird -p: no answer within {self.timeout:g} s")
         if proc.returncode != 0:
             lines = (proc.stderr + proc.stdout).strip().splitlines()
             raise BirdError(f"bird -p rejected the configuration: "
                             f"{lines[-1] if lines else f'exit {proc.returncode}'}")
 
-    def current(self) -> str | None:
-        try:
-            with open_regular(self.conf_path) as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise HostError(f"cannot read {self.conf_path}: {exc.strerror}") from None
+    def current(self) -> Optional[str]:
+        """The live file's text, or None when there is none."""
+        return read_text(self.conf_path)
 
     def write(self, text: str) -> bool:
         """Check and write *text* unless the file holds it; True when written."""

@@ -41,6 +41,17 @@ def open_regular(path: str) -> BinaryIO:
         raise
 
 
+def read_text(path: str) -> "str | None":
+    """A daemon's config file as text, None when there is none; HostError otherwise."""
+    try:
+        with open_regular(path) as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HostError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def read_first_line(path: str) -> str:
     """The first line of a small text file (a password or token), without its newline."""
     with open_regular(path) as f:

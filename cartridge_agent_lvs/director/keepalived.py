@@ -44,7 +44,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import HostError, LvsError
 from .files import fsync_dir as _fsync_dir
-from .files import open_regular, temp_beside
+from .files import open_regular, read_text, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,11 @@ class Keepalived:
 
     def check_file(self, path: str) -> None:
         """``keepalived -t -f PATH``; ValidationError unless exit 0 with no output."""
-        try:
-            proc = subprocess.run([self.binary, "-t", "-f", path], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, errors="replace",
-                                  timeout=self.timeout, check=False)
-        except FileNotFoundError:
-            raise HostError(f"keepalived binary {self.binary!r} not found "
-                            "(install keepalived or set keepalived_bin)") from None
-        except subprocess.TimeoutExpired:
-            raise ValidationError([f"no answer within {self.timeout:g} s"]) from None
+        proc = run_checker([self.binary, "-t", "-f", path], self.timeout,
+                           f"keepalived binary {self.binary!r} not found (install "
+                           "keepalived or set keepalived_bin)")
+        if proc is None:
+            raise ValidationError([f"no answer within {self.timeout:g} s"])
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         if proc.returncode != 0 or lines:
             raise ValidationError(lines, proc.returncode)
@@ -262,13 +258,7 @@ class Keepalived:
 
     def current(self) -> Optional[str]:
         """The live file's text, or None when there is none."""
-        try:
-            with open_regular(self.conf_path) as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise HostError(f"cannot read {self.conf_path}: {exc.strerror}") from None
+        return read_text(self.conf_path)
 
     def remove_stale_temps(self) -> List[str]:
         """Remove the temporary files killed writers left beside the live file.
@@ -313,6 +303,19 @@ class Keepalived:
     def _temp(self, text: str):
         return temp_beside(self.conf_path, text, f"{_TEMP_PREFIX}{os.getpid()}-",
                            _TEMP_SUFFIX)
+
+
+def run_checker(argv: Sequence[str], timeout: float,
+                missing: str) -> Optional[subprocess.CompletedProcess]:
+    """Run a daemon's config checker (no shell, no input); None when it did not answer
+    within *timeout*, ``HostError(missing)`` when the binary is absent."""
+    try:
+        return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise HostError(missing) from None
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def config_file_of(argv: Sequence[str], cwd: str = "/") -> str:

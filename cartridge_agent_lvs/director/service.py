@@ -24,7 +24,10 @@ Rules the loop keeps:
 * SIGHUP re-requests the complete topology (re-reads the file) and forces a
   re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0;
 * after each reload the :class:`~.watcher.ConvergenceWatcher` (a thread that only
-  reads) checks that IPVS shows what was rendered; the loop never waits for it.
+  reads) checks that IPVS shows what was rendered; the loop never waits for it;
+* mode bgp: every ``announce_interval`` the :class:`~.announce.Announcer` re-checks
+  what this director can serve and has BIRD announce exactly that; SIGTERM withdraws
+  every VIP, waits ``drain_seconds``, then restores the host (:meth:`Director.stop_announcing`).
 
 The loop records what it does in :class:`~.metrics.LoopMetrics` and publishes an
 immutable :class:`~.status.DirectorView` (:meth:`Director.view`) for the metrics

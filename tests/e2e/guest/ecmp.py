@@ -131,6 +131,7 @@ class EcmpScenarios:
         from tests.e2e.guest.scenarios import PORT, VIP4, command, v4
         lab = self.lab
         self.ecmp_procs = {}
+        lab.sh("modprobe", "ip_vs_mh", log="runner-setup.log")
         # real servers of the main lab that hold the VIP and serve HTTP (set up by apply)
         self.ecmp_rs = [r for r in ("rs1", "rs2", "rs3", "rs4")
                         if f" {VIP4}/32 " in self.addresses(r) and self.http_listening(r)][:3]
