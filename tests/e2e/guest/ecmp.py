@@ -176,7 +176,27 @@ class EcmpScenarios:
                 "-r", d / "vrrp.pid", "-c", d / "checkers.pid"], ns=lab.ns(name))
         self.results.data["setup"]["ecmp_real_servers"] = self.ecmp_rs
         self.wait_nexthops(set(EDIRS.values()), 120)
+        L.wait_for(lambda: self.router_cli("show bfd sessions").count(" Up ") == len(EDIRS),
+                   pace.scaled(30), 0.2, "the router's BFD sessions to every director are up")
         self.ecmp_ready = True
+
+    def wait_stream(self, s, stream, count: int, since: float = 0.0, timeout: float = 10.0) -> None:
+        """Wait for ``count`` answers of the stream; on timeout note what it saw."""
+        try:
+            stream.wait_answered(count, since=since, timeout=timeout, what="new requests")
+        except TimeoutError:
+            s.note(f"stream: {len(stream.results)} requests, {stream.answered(since)} answered since, "
+                   f"errors {collections.Counter(r.error for r in stream.failures).most_common(3)}")
+            raise
+
+    def router_cli(self, command: str) -> str:
+        return self.lab.sh("birdc", "-s", "/run/e2e-rtr-bird.ctl", *command.split(), check=False,
+                           ns=self.lab.ns("rtr")).stdout
+
+    def router_evidence(self, s) -> None:
+        s.note(f"router's next hops for the VIP: {sorted(self.nexthops())}")
+        for command in ("show protocols", "show bfd sessions"):
+            s.note(f"router birdc {command}:\n{self.router_cli(command)}")
 
     def add_routed_client(self) -> None:
         """``eclient`` in its own network, linked to the router only."""
@@ -195,7 +215,8 @@ class EcmpScenarios:
         conf = self.workdir / "rtr-bird.conf"
         interval = f"{BFD_INTERVAL_MS} ms"
         conf.write_text("\n".join([
-            f"router id {ROUTER};", "protocol device {", "}",
+            f"router id {ROUTER};", f'log "{self.lab.logdir / "rtr-bird-daemon.log"}" all;',
+            "protocol device {", "}",
             "protocol kernel {", "    ipv4 { import none; export all; };", "    merge paths on;", "}",
             "protocol bfd {", f'    interface "eth0" {{ min rx interval {interval}; min tx interval {interval};'
             f" multiplier {BFD_MULTIPLIER}; }};", "}",
@@ -242,8 +263,9 @@ class EcmpScenarios:
         """A crash: the director's link goes down, then all its processes get SIGKILL."""
         self.lab.sh("ip", "link", "set", f"v-{name}", "down")
         pids = [self.ecmp_procs[name][p].pid for p in ("lvs-extension", "bird")]
-        pids += [int((self.workdir / name / f).read_text()) for f in ("keepalived.pid", "vrrp.pid",
-                                                                      "checkers.pid")]
+        # keepalived without VRRP runs no VRRP child: no vrrp.pid
+        pids += [int(f.read_text()) for f in (self.workdir / name).glob("*.pid")
+                 if f.name in ("keepalived.pid", "checkers.pid", "vrrp.pid")]
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -330,6 +352,13 @@ class EcmpScenarios:
         self.ecmp_setup()
         victim = "ed3"
         s.check(set(self.alive_directors()) == set(EDIRS), f"not all directors announced: {self.nexthops()}")
+        try:
+            self.director_dies(s, victim)
+        finally:
+            self.router_evidence(s)
+
+    def director_dies(self, s, victim: str) -> None:
+        from tests.e2e.guest.scenarios import PORT, VIP4
         with LongLived(self.lab.ns("eclient"), VIP4, PORT, LONG_LIVED, timeout=pace.scaled(5.0)) as conns:
             L.wait_for(conns.all_answered, pace.scaled(30), 0.1, "every long-lived connection answered")
             placed = self.director_of_ports([c["port"] for c in conns.conns])
@@ -337,13 +366,13 @@ class EcmpScenarios:
             s.note(f"long-lived connections per director before the kill: {dict(per_director)}")
             with L.RequestStream(self.host("eclient").worker, VIP4, interval=0.05,
                                  timeout=pace.scaled(3.0)) as stream:
-                stream.wait_answered(20, what="new requests")
+                self.wait_stream(s, stream, 20)
                 killed = time.monotonic()
                 self.kill_director(victim)
                 detection = self.wait_nexthops({a for n, a in EDIRS.items() if n != victim}, 30)
                 s.measure("detection_seconds", detection)
                 settle = time.monotonic()
-                stream.wait_answered(40, since=settle, timeout=30, what="new requests after the kill")
+                self.wait_stream(s, stream, 40, since=settle, timeout=30)
                 L.wait_for(lambda: conns.all_answered(time.monotonic() - 0.5), pace.scaled(15), 0.1,
                            "the surviving long-lived connections answer again")
         summary = conns.summary()
@@ -367,13 +396,20 @@ class EcmpScenarios:
         victim = "ed1"
         alive = self.alive_directors()
         s.check(victim in alive and len(alive) >= 2, f"announcing directors: {sorted(alive)}")
+        try:
+            self.director_withdraws(s, victim, alive)
+        finally:
+            self.router_evidence(s)
+
+    def director_withdraws(self, s, victim: str, alive: dict) -> None:
+        from tests.e2e.guest.scenarios import PORT, VIP4
         proc = self.ecmp_procs[victim]["lvs-extension"]
         with LongLived(self.lab.ns("eclient"), VIP4, PORT, 30, timeout=pace.scaled(5.0)) as conns:
             L.wait_for(conns.all_answered, pace.scaled(30), 0.1, "every long-lived connection answered")
             placed = self.director_of_ports([c["port"] for c in conns.conns])
             with L.RequestStream(self.host("eclient").worker, VIP4, interval=0.05,
                                  timeout=pace.scaled(3.0)) as stream:
-                stream.wait_answered(20, what="new requests")
+                self.wait_stream(s, stream, 20)
                 signalled = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 took = self.wait_nexthops({a for n, a in alive.items() if n != victim}, 30)
@@ -382,7 +418,7 @@ class EcmpScenarios:
                 s.measure("exit_seconds", time.monotonic() - signalled)
                 s.measure("exit_code", code)
                 since = time.monotonic()
-                stream.wait_answered(20, since=since, what="new requests after the exit")
+                self.wait_stream(s, stream, 20, since=since)
                 L.wait_for(lambda: conns.all_answered(time.monotonic() - 0.5), pace.scaled(15), 0.1,
                            "the long-lived connections answer after the exit")
         summary = conns.summary()
