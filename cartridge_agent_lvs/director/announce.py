@@ -83,7 +83,7 @@ class Announcer:
         try:
             self.sysctls.apply()
         except HostError as exc:
-            self._problem("sysctl", str(exc))
+            self._problem("sysctls", str(exc))
         try:
             local = self.local.ensure(self.vips)
             self._problems.pop("vips", None)

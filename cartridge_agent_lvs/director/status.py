@@ -123,7 +123,8 @@ def observe(config: Optional[LvsConfig], interface: str, pending: FrozenSet[Slot
         errors.append(("ipvs", str(exc)))
     seconds.append(("ipvs", time.perf_counter() - started))
     roles: Tuple[Role, ...] = ()
-    if config is not None and config.vips:
+    vrrp = config is not None and (config.vrrp is None or config.vrrp.mode == "vrrp")
+    if config is not None and config.vips and vrrp:      # mode bgp has no VRRP roles
         started = time.perf_counter()
         try:
             roles = vrrp_roles(config, interface, read_addresses(interface))
