@@ -80,8 +80,9 @@ class Announcer:
         return self._apply(frozenset(v for v, reason in decision.items() if reason is None))
 
     def health(self) -> Health:
+        set_ = False
         try:
-            self.sysctls.apply()
+            set_ = self.sysctls.apply()
         except HostError as exc:
             self._problem("sysctls", str(exc))
         try:
@@ -100,7 +101,7 @@ class Announcer:
             except (LvsError, OSError) as exc:
                 self._problem("ipvs", f"cannot read IPVS: {exc}")
         return Health(self.stopping, os.path.exists(self.withdrawn_file), running, kernel,
-                      local)
+                      local, set_)
 
     def _apply(self, wanted: FrozenSet[str]) -> FrozenSet[str]:
         if wanted == self.announced:

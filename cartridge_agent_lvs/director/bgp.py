@@ -8,6 +8,8 @@ while it can serve it (:func:`decide`):
 * the service is not stopping and the operator has not withdrawn it
   (``withdrawn_file``, ``lvs-extension withdraw``);
 * keepalived runs (its pid file names a live keepalived reading our file);
+* ``sloppy_tcp`` (and the ARP sysctls) are set -- ``net.ipv4.vs`` exists once keepalived
+  loaded ``ip_vs``;
 * the VIP is on ``vip_interface``;
 * IPVS could be read, the VIP has at least one virtual server, and every virtual
   server keepalived was given for it is in the kernel with at least one real server
@@ -40,6 +42,7 @@ NO_KEEPALIVED = "keepalived is not running"
 NO_KERNEL = "IPVS cannot be read"
 NOT_LOCAL = "the VIP is not on vip_interface"
 NO_SERVICE = "no virtual server (no Active member in the topology)"
+NO_SYSCTLS = "net.ipv4.vs.sloppy_tcp / the ARP sysctls are not set (yet)"
 
 STATIC = {4: "lvs_vips4", 6: "lvs_vips6"}
 
@@ -77,6 +80,7 @@ class Health:
     #: virtual server key -> real servers with weight > 0 in the kernel; None: unreadable
     kernel: Optional[Mapping[VsKey, int]]
     local: FrozenSet[str]                   #: VIPs present on vip_interface
+    sysctls: bool = True                    #: sloppy_tcp and the ARP sysctls are set
 
 
 def decide(vips: Iterable[str], served: Optional[LvsConfig],
@@ -84,7 +88,8 @@ def decide(vips: Iterable[str], served: Optional[LvsConfig],
     """VIP -> None (announce) or the reason it is withdrawn.  Same inputs, same answer."""
     common = (STOPPING if health.stopping else WITHDRAWN if health.withdrawn
               else NO_KEEPALIVED if not health.keepalived
-              else NO_KERNEL if health.kernel is None else None)
+              else NO_KERNEL if health.kernel is None
+              else NO_SYSCTLS if not health.sysctls else None)
     servers: Dict[str, List[VsKey]] = {}
     for vs in (served.virtual_servers if served else ()):
         servers.setdefault(vs.vip, []).append(vs.key)

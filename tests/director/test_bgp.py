@@ -153,7 +153,8 @@ def test_announced_only_while_every_condition_holds():
     for change, reason in ((dict(stopping=True), bgp.STOPPING),
                            (dict(withdrawn=True), bgp.WITHDRAWN),
                            (dict(keepalived=False), bgp.NO_KEEPALIVED),
-                           (dict(kernel=None), bgp.NO_KERNEL)):
+                           (dict(kernel=None), bgp.NO_KERNEL),
+                           (dict(sysctls=False), bgp.NO_SYSCTLS)):
         assert bgp.decide((VIP4, VIP6), served, _health(**change)) == {VIP4: reason,
                                                                        VIP6: reason}
     assert bgp.decide((VIP4, VIP6), served, _health(local=frozenset({VIP6}))) == {
