@@ -218,9 +218,11 @@ class Director:
     def view(self) -> DirectorView:
         """The loop's state for the metrics and status readers (immutable parts)."""
         topology = self.topology
+        announcer = self.announcer
         return DirectorView(self.settings.vip_map, self.settings.interface, self.served,
                             None if topology is None else frozenset(topology.services),
-                            self.last_apply, self.watcher.report, self.watcher.pending())
+                            self.last_apply, self.watcher.report, self.watcher.pending(),
+                            None if announcer is None else tuple(announcer.reasons.items()))
 
     def prepare(self) -> None:
         """At start: remove stale temporary files, seed the guard from the live file.

@@ -241,6 +241,13 @@ def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(n
         assert (sysroot / "net/ipv4/vs/sloppy_tcp").read_text() == "1"
         assert director.registry.get_sample_value("lvs_extension_vip_announced",
                                                   {"vip": VIP}) == 1
+        # /status (lvs-extension status) says so, and has no VRRP role in this mode
+        from cartridge_agent_lvs.director.status import document, format_text, observe
+        view = director.view()
+        doc = document(view, observe(view.config, "eth0", frozenset(),
+                                     lambda: kernel_with(1), lambda _: frozenset()))
+        assert doc["services"][0]["bgp"] == {"announced": True, "reason": None}
+        assert doc["vrrp"] == [] and "BGP announced" in format_text(doc)
         stopped = time.monotonic()
         stop.set()
         wait_for(lambda: not exported(), 2, "withdrawn at once on stop")
