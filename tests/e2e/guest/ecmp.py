@@ -348,7 +348,6 @@ class EcmpScenarios:
 
     def scenario_l(self, s) -> None:
         """l. mode bgp: a director dies under load: the router drops it, long-lived connections survive"""
-        from tests.e2e.guest.scenarios import PORT, VIP4
         self.ecmp_setup()
         victim = "ed3"
         s.check(set(self.alive_directors()) == set(EDIRS), f"not all directors announced: {self.nexthops()}")
@@ -391,7 +390,6 @@ class EcmpScenarios:
 
     def scenario_m(self, s) -> None:
         """m. mode bgp: a director withdrawn gracefully (SIGTERM): no failed request, no reset"""
-        from tests.e2e.guest.scenarios import PORT, VIP4
         self.ecmp_setup()
         victim = "ed1"
         alive = self.alive_directors()
