@@ -10,6 +10,7 @@ director's namespace); only what this kernel lacks is stood in for: the IPVS tab
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -41,6 +42,15 @@ BFD_MS, BFD_MULT = 100, 3
 
 def sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True)
+
+
+@pytest.fixture
+def run_dir():
+    """A short private directory for BIRD's control sockets (unix socket paths are
+    short), removed afterwards."""
+    path = tempfile.mkdtemp(prefix="bgp-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -102,9 +112,10 @@ def kernel_with(weight: int):
     return (ServiceStats("TCP", VIP, 80, 0, "mh", 0, 0, 0, 0, 0, dests),)
 
 
-def test_the_router_learns_and_loses_the_vip_as_the_director_can_serve_it(pair, tmp_path):
+def test_the_router_learns_and_loses_the_vip_as_the_director_can_serve_it(pair, tmp_path,
+                                                                           run_dir):
     router_ns, director_ns = pair
-    run = tempfile.mkdtemp(prefix="bgp-", dir="/tmp")    # unix socket paths are short
+    run = run_dir
     fake = FakeKeepalived(str(tmp_path))
     daemons = []
     try:
@@ -199,14 +210,14 @@ def test_bird_refusing_a_file_keeps_the_last_one(tmp_path):
 
 
 @pytest.mark.keepalived
-def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(netns, tmp_path):
+def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(netns, tmp_path,
+                                                                                run_dir):
     """``lvs-extension run`` in mode bgp with a real BIRD: it announces once keepalived
     runs and IPVS has the real servers; stopping withdraws at once, waits drain_seconds
     and puts lo and the sysctls back."""
     import json
     import threading
     from cartridge_agent_lvs.director import service
-    run_dir = tempfile.mkdtemp(prefix="bgp-", dir="/tmp")
     fake = FakeKeepalived(str(tmp_path))
     topology = tmp_path / "topology.json"
     topology.write_text(json.dumps(st.topology({0: [0, 1]})))
