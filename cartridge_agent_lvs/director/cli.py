@@ -13,6 +13,10 @@ Verbs:
              (``metrics_listen``): per service the VIP, this director's VRRP role, the
              real servers in the kernel or not, the last apply and its outcome.
 ``settings`` the effective settings, as config-file lines.
+``withdraw`` mode bgp, maintenance: creates ``withdrawn_file``; the running service
+             withdraws every VIP within ``announce_interval`` (and stays withdrawn,
+             across restarts, until ``announce``).
+``announce`` removes ``withdrawn_file``: the service announces again what it can serve.
 
 Errors are one line on stderr and a non-zero exit: 2 for bad input (settings,
 topology, usage), 1 when the host or keepalived refuses.
@@ -54,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     verb("run", "follow the topology and keep keepalived in step (SIGHUP: re-read, "
          "SIGTERM/SIGINT: stop)")
     verb("settings", "print the effective settings as config-file lines")
+    for name, help_ in (("withdraw", "mode bgp: withdraw this director's VIPs for "
+                         "maintenance (creates withdrawn_file; kept across restarts)"),
+                        ("announce", "mode bgp: announce again (removes withdrawn_file)")):
+        sub = verbs.add_parser(name, help=help_, description=help_)
+        settings_mod.add_arguments(sub, exclude=tuple(
+            o.name for o in settings_mod.OPTIONS if o.group != settings_mod.G_BGP))
     stats = verbs.add_parser("stats", help="IPVS counters per virtual/real server and "
                              "in-flight connections per cluster")
     stats.add_argument("--json", action="store_true", help="one JSON document")
@@ -160,12 +170,40 @@ def _status(args) -> int:
     return 0
 
 
+def _maintenance(args) -> int:
+    """``withdraw`` / ``announce``: create / remove the withdrawn file."""
+    settings = settings_mod.load(args, need_vip_map=False)
+    path = settings.withdrawn_file
+    try:
+        if args.verb == "withdraw":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("withdrawn by 'lvs-extension withdraw'; 'lvs-extension announce' "
+                        "ends it\n")
+        else:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+    except OSError as exc:
+        raise HostError(f"{args.verb}: {path}: {exc.strerror}") from None
+    what = ("every VIP is withdrawn" if args.verb == "withdraw"
+            else "each VIP it can serve is announced")
+    print(f"{args.verb}: {path} {'created' if args.verb == 'withdraw' else 'removed'}; "
+          f"within announce_interval ({settings.announce_interval:g} s) {what} by the "
+          "running service")
+    return 0
+
+
 _VERBS = {"render": _render, "check": _check, "run": _run, "settings": _settings}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.verb in ("withdraw", "announce"):
+            _logging("WARNING")
+            return _maintenance(args)
         if args.verb in ("stats", "status"):
             _logging("WARNING")
             return _stats(args) if args.verb == "stats" else _status(args)

@@ -37,14 +37,14 @@ import re
 import signal
 import stat
 import subprocess
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import HostError, LvsError
-from .files import open_regular
+from .files import fsync_dir as _fsync_dir
+from .files import open_regular, read_text, temp_beside
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,11 @@ class Keepalived:
 
     def check_file(self, path: str) -> None:
         """``keepalived -t -f PATH``; ValidationError unless exit 0 with no output."""
-        try:
-            proc = subprocess.run([self.binary, "-t", "-f", path], stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True, errors="replace",
-                                  timeout=self.timeout, check=False)
-        except FileNotFoundError:
-            raise HostError(f"keepalived binary {self.binary!r} not found "
-                            "(install keepalived or set keepalived_bin)") from None
-        except subprocess.TimeoutExpired:
-            raise ValidationError([f"no answer within {self.timeout:g} s"]) from None
+        proc = run_checker([self.binary, "-t", "-f", path], self.timeout,
+                           f"keepalived binary {self.binary!r} not found (install "
+                           "keepalived or set keepalived_bin)")
+        if proc is None:
+            raise ValidationError([f"no answer within {self.timeout:g} s"])
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         if proc.returncode != 0 or lines:
             raise ValidationError(lines, proc.returncode)
@@ -205,13 +201,29 @@ class Keepalived:
             raise HostError(f"pid {pid} in {self.pidfile} is keepalived but runs {running}, "
                             f"not {self.conf_path}; not signalling it")
 
-    def _pid(self) -> Optional[int]:
+    def running(self) -> bool:
+        """Whether the keepalived of the pid file is alive and runs this file (mode bgp
+        announces the VIPs only then).  Never raises; a zombie is not running."""
+        try:
+            pid = self._pid(quiet=True)
+            if pid is None:
+                return False
+            self._check_process(pid)
+            stat_ = _read_proc(f"/proc/{pid}/stat")
+        except (ProcessLookupError, HostError, OSError):
+            return False
+        state = stat_.rpartition(")")[2].split()[:1]
+        return state not in (["Z"], ["X"])
+
+    def _pid(self, quiet: bool = False) -> Optional[int]:
         if not self.pidfile:
             return None
         try:
             with open_regular(self.pidfile) as f:
                 text = f.read(64).decode("ascii", "replace").strip()
         except FileNotFoundError:
+            if quiet:
+                return None
             log.info("no keepalived pid file %s; keepalived reads the new file when it "
                      "starts", self.pidfile)
             return None
@@ -246,13 +258,7 @@ class Keepalived:
 
     def current(self) -> Optional[str]:
         """The live file's text, or None when there is none."""
-        try:
-            with open_regular(self.conf_path) as f:
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise HostError(f"cannot read {self.conf_path}: {exc.strerror}") from None
+        return read_text(self.conf_path)
 
     def remove_stale_temps(self) -> List[str]:
         """Remove the temporary files killed writers left beside the live file.
@@ -294,26 +300,22 @@ class Keepalived:
                      directory, ", ".join(removed))
         return removed
 
-    @contextmanager
-    def _temp(self, text: str) -> Iterator[str]:
-        directory = os.path.dirname(self.conf_path)
-        try:
-            fd, path = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-",
-                                        suffix=_TEMP_SUFFIX, dir=directory)
-        except OSError as exc:
-            raise HostError(f"cannot write in {directory}: {exc.strerror}") from None
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            yield path
-        finally:
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass   # renamed into place
+    def _temp(self, text: str):
+        return temp_beside(self.conf_path, text, f"{_TEMP_PREFIX}{os.getpid()}-",
+                           _TEMP_SUFFIX)
+
+
+def run_checker(argv: Sequence[str], timeout: float,
+                missing: str) -> Optional[subprocess.CompletedProcess]:
+    """Run a daemon's config checker (no shell, no input); None when it did not answer
+    within *timeout*, ``HostError(missing)`` when the binary is absent."""
+    try:
+        return subprocess.run(list(argv), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, errors="replace", timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise HostError(missing) from None
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def config_file_of(argv: Sequence[str], cwd: str = "/") -> str:
@@ -383,14 +385,3 @@ def _signal_checked(pid: int, signum: int, check) -> None:
     finally:
         if fd is not None:
             os.close(fd)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:   # some filesystems refuse fsync on directories
-        if exc.errno not in (errno.EINVAL, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)

@@ -88,6 +88,8 @@ class Vrrp:
     auth_pass: Optional[str]
     router_id: str
     sync_interface: Optional[str]
+    #: "vrrp" (the VIPs move by VRRP) or "bgp" (no VRRP: every director is active)
+    mode: str = "vrrp"
 
 
 @dataclass(frozen=True)

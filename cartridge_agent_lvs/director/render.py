@@ -10,6 +10,14 @@ has VIPs (keepalived requires one family per instance; IPv6 uses VRRPv3, which h
 authentication), then the virtual servers ordered by VIP, port and protocol, their
 real servers by address and port, four-space indentation.
 
+Mode bgp (every director active behind the router's ECMP, :mod:`.bgp`): no VRRP
+instance and no sync daemon (the VIPs are local on each director, announced by BGP);
+``mh-port`` under ``lb_algo mh`` (the source port joins the Maglev hash) and
+``inhibit_on_failure`` in each real server (a failed check leaves it at weight 0
+instead of deleting it, so the kernel's destination list -- the order ``mh`` fills
+its table in -- stays the same on every director).  Nothing in the file differs
+between directors given the same topology and IPVS settings.
+
 Never rendered: ``vrrp_strict`` (its nftables drop runs before IPVS and breaks LVS on
 the VIPs) and the obsolete ``lvs_sync_daemon_interface``.
 
@@ -100,14 +108,18 @@ def _check(w: _Writer, check: Optional[HealthCheck]) -> None:
     w.close()
 
 
-def _real_server(w: _Writer, policy: Policy, rs: RealServer) -> None:
+def _real_server(w: _Writer, policy: Policy, rs: RealServer, bgp: bool) -> None:
     w.open(f"real_server {rs.ip} {rs.port}")
     w.line(f"weight {rs.weight}")
+    if bgp:
+        # a failed check sets weight 0 instead of deleting: the kernel's list of
+        # destinations keeps its order, and mh fills its table in that order
+        w.line("inhibit_on_failure")
     _check(w, policy.check)
     w.close()
 
 
-def _virtual_server(w: _Writer, vs: VirtualServer) -> None:
+def _virtual_server(w: _Writer, vs: VirtualServer, bgp: bool) -> None:
     policy = vs.policy
     if policy is None:
         raise ValueError(f"virtual server {vs.vip} {vs.port} has no policy (not planned)")
@@ -115,6 +127,8 @@ def _virtual_server(w: _Writer, vs: VirtualServer) -> None:
     w.open(f"virtual_server {vs.vip} {vs.port}")
     w.line(f"delay_loop {policy.delay_loop}")
     w.line(f"lb_algo {policy.scheduler}")
+    if bgp and policy.scheduler == "mh":
+        w.line("mh-port")      # hash the source port too: one client's flows spread
     w.line(f"lb_kind {policy.forwarding_method}")
     if policy.persistence_timeout:
         w.line(f"persistence_timeout {policy.persistence_timeout}")
@@ -122,7 +136,7 @@ def _virtual_server(w: _Writer, vs: VirtualServer) -> None:
     if policy.sorry_server:
         w.line(f"sorry_server {policy.sorry_server[0]} {policy.sorry_server[1]}")
     for rs in vs.real_servers:
-        _real_server(w, policy, rs)
+        _real_server(w, policy, rs, bgp)
     w.close()
 
 
@@ -135,10 +149,11 @@ def render(config: LvsConfig) -> str:
     vrrp = config.vrrp
     if vrrp is None:
         raise ValueError("the configuration has no VRRP part (not planned)")
+    bgp = vrrp.mode == "bgp"
     w = _Writer()
     w.open("global_defs")
     w.line(f"router_id {vrrp.router_id}")
-    if vrrp.sync_interface and config.vips:
+    if vrrp.sync_interface and config.vips and not bgp:
         # connection sync follows the VRRP instance: master sends, backup receives
         first = instance_name(4 if any(_family(v) == 4 for v in config.vips) else 6)
         w.line(f"lvs_sync_daemon {vrrp.sync_interface} {first} "
@@ -146,12 +161,12 @@ def render(config: LvsConfig) -> str:
     w.close()
     for version in (4, 6):
         vips = [v for v in config.vips if _family(v) == version]
-        if vips:
+        if vips and not bgp:
             w.line()
             _vrrp(w, vrrp, version, vips)
     for vs in config.virtual_servers:
         w.line()
-        _virtual_server(w, vs)
+        _virtual_server(w, vs, bgp)
     return HEADER + "\n" + "\n".join(w.lines) + "\n"
 
 

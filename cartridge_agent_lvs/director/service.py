@@ -24,7 +24,10 @@ Rules the loop keeps:
 * SIGHUP re-requests the complete topology (re-reads the file) and forces a
   re-render; SIGTERM / SIGINT end the loop and ``run`` returns 0;
 * after each reload the :class:`~.watcher.ConvergenceWatcher` (a thread that only
-  reads) checks that IPVS shows what was rendered; the loop never waits for it.
+  reads) checks that IPVS shows what was rendered; the loop never waits for it;
+* mode bgp: every ``announce_interval`` the :class:`~.announce.Announcer` re-checks
+  what this director can serve and has BIRD announce exactly that; SIGTERM withdraws
+  every VIP, waits ``drain_seconds``, then restores the host (:meth:`Director.stop_announcing`).
 
 The loop records what it does in :class:`~.metrics.LoopMetrics` and publishes an
 immutable :class:`~.status.DirectorView` (:meth:`Director.view`) for the metrics
@@ -206,13 +209,20 @@ class Director:
         self._cause: Optional[float] = None     #: first unapplied change, received at
         #: (config, previous, cause) to hand to the watcher once keepalived was told
         self._verify: Optional[Tuple[LvsConfig, Optional[LvsConfig], Optional[float]]] = None
+        #: mode bgp: the BGP announcements (None in mode vrrp)
+        self.announcer = None
+        if getattr(settings, "mode", "vrrp") == "bgp":
+            from .announce import Announcer
+            self.announcer = Announcer(settings, keepalived, self.read_kernel, self.registry)
 
     def view(self) -> DirectorView:
         """The loop's state for the metrics and status readers (immutable parts)."""
         topology = self.topology
+        announcer = self.announcer
         return DirectorView(self.settings.vip_map, self.settings.interface, self.served,
                             None if topology is None else frozenset(topology.services),
-                            self.last_apply, self.watcher.report, self.watcher.pending())
+                            self.last_apply, self.watcher.report, self.watcher.pending(),
+                            None if announcer is None else tuple(announcer.reasons.items()))
 
     def prepare(self) -> None:
         """At start: remove stale temporary files, seed the guard from the live file.
@@ -308,8 +318,28 @@ class Director:
         return min(times) if times else None
 
     def deadline(self) -> Optional[float]:
-        times = [t for t in (self._pipeline_deadline(), self._reload_at) if t is not None]
+        times = [t for t in (self._pipeline_deadline(), self._reload_at,
+                             self.announcer and self.announcer.deadline()) if t is not None]
         return min(times) if times else None
+
+    def announce(self, now: float) -> None:
+        """Mode bgp: re-check what this director can serve and announce that."""
+        if self.announcer is not None:
+            self.announcer.tick(now, self.served)
+
+    def stop_announcing(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Mode bgp, on SIGTERM: withdraw every VIP, let the router move the flows
+        (``drain_seconds``), then put the host back as it was."""
+        if self.announcer is None:
+            return
+        try:
+            withdrawn = not self.announcer.withdraw_all(self.served)
+            log.info("stopping: %s; waiting drain_seconds=%gs before exiting",
+                     "every VIP withdrawn" if withdrawn else "BIRD could not be told to "
+                     "withdraw", self.settings.drain_seconds)
+            sleep(self.settings.drain_seconds)
+        finally:
+            self.announcer.close()
 
     def tick(self, now: float) -> bool:
         """Run the pipeline (or retry a failed reload) if due; True when it ran."""
@@ -500,6 +530,7 @@ def run(settings, stop: Optional[threading.Event] = None, *,
                 _loop(director, feed, updates, stop, signals, clock)
             finally:
                 feed.stop()
+                director.stop_announcing()
     finally:
         director.watcher.stop()
         if server is not None:
@@ -557,3 +588,4 @@ def _loop(director: Director, feed: Feed,
             except queue.Empty:
                 item = None
         director.tick(clock())
+        director.announce(clock())

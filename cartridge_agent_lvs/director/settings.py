@@ -259,6 +259,39 @@ def vip_map(value, key, source, line) -> Tuple[Tuple[str, str], ...]:
     return tuple(sorted(result.items()))
 
 
+def router_id(value, key, source, line) -> str:
+    """A BGP router id: a dotted-quad IPv4 address (any, 0.0.0.0 excepted)."""
+    try:
+        ip = ipaddress.IPv4Address(value) if isinstance(value, str) else None
+    except ValueError:
+        ip = None
+    if ip is None or int(ip) == 0:
+        _fail(value, key, source, line, "must be an IPv4 address (a.b.c.d), not 0.0.0.0")
+    return ip.compressed
+
+
+def bgp_peers(value, key, source, line) -> Tuple[Tuple[str, int], ...]:
+    """BGP neighbours: ``IP AS`` pairs separated by commas (``10.0.0.1 65000``), or a
+    list of (IP, AS); returned sorted by address, each address once."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    where = _at(source, line)
+    peers: Dict[str, int] = {}
+    for item in items:
+        words = item.split() if isinstance(item, str) else list(item)
+        if not words:
+            continue
+        if len(words) != 2:
+            _fail(item, key, source, line, "must be 'IP AS' pairs separated by ','")
+        ip = parse_host_ip(str(words[0]), key, error=SettingsError, source=where)
+        asn = AS_NUMBER(str(words[1]), key, source, line)
+        if ip.compressed in peers:
+            _fail(item, key, source, line, f"peer {ip} named twice")
+        peers[ip.compressed] = asn
+    if not peers:
+        _fail(value, key, source, line, "must name at least one 'IP AS' peer")
+    return tuple(sorted(peers.items(), key=lambda p: (":" in p[0], p[0])))
+
+
 def id_list(value, key, source, line) -> Tuple[str, ...]:
     """Stratos ids (cluster ids, network partition ids) separated by commas or
     whitespace, or a list; returned sorted, each checked against the safe-name pattern."""
@@ -325,8 +358,15 @@ def _show_pair(value) -> str:
     return f"{value[0]} {value[1]}"
 
 
+def _show_peers(value) -> str:
+    return ",".join(f"{ip} {asn}" for ip, asn in value)
+
+
 def _show_ids(value) -> str:
     return ",".join(value)
+
+
+AS_NUMBER = integer(1, 4294967295)
 
 
 # -- the declaration ----------------------------------------------------------------
@@ -383,9 +423,10 @@ class Option:
         return "none" if value is None else self.display(value)
 
 
-_G_SVC, _G_FILTER, _G_VRRP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP, G_OBSERVE = (
+_G_SVC, _G_FILTER, _G_VRRP, G_BGP, _G_IPVS, _G_CHECK, _G_KA, _G_FEED, _G_LOOP, G_OBSERVE = (
     "services", "topology filters (the subset of the topology this director serves)",
-    "VRRP (director high availability)", "IPVS virtual servers", "health checks",
+    "VRRP (director high availability)",
+    "BGP (mode bgp: every director active behind the router's ECMP)", "IPVS virtual servers", "health checks",
     "keepalived", "topology feed", "service loop",
     "observability (Prometheus /metrics and the /status document)")
 
@@ -433,6 +474,46 @@ OPTIONS: Tuple[Option, ...] = (
            "synchronise IPVS connections to the other director over this interface "
            "(lvs_sync_daemon), so a new MASTER knows the established connections",
            _G_VRRP, "IFACE"),
+    # BGP
+    Option("mode", choice("vrrp", "bgp"), "vrrp",
+           "vrrp: an active/backup pair sharing the VIPs by VRRP; bgp: every director "
+           "active, each announcing its VIPs by BGP (BIRD) while it can serve them",
+           G_BGP),
+    Option("vip_interface", ifname, "lo",
+           "mode bgp: the interface the VIPs are added to (lo: no ARP answers)", G_BGP),
+    Option("bgp_local_as", optional(AS_NUMBER), None,
+           "mode bgp: this director's AS number", G_BGP, "AS"),
+    Option("bgp_router_id", optional(router_id), None,
+           "mode bgp: this director's BGP router id, unique per director (IPv4 form)",
+           G_BGP, "A.B.C.D"),
+    Option("bgp_peers", optional(bgp_peers), None,
+           "mode bgp: the routers to announce to, 'IP AS[,IP AS...]'", G_BGP, "PEERS",
+           display=_show_peers),
+    Option("bgp_hold_time", integer(3, 65535), 9,
+           "mode bgp: BGP hold time, seconds (the fallback when BFD is off)", G_BGP),
+    Option("bfd", boolean, True,
+           "mode bgp: BFD on every BGP session, so a router drops a dead director "
+           "after bfd_interval_ms x bfd_multiplier", G_BGP),
+    Option("bfd_interval_ms", integer(10, 60000), 300,
+           "mode bgp: BFD transmit / receive interval, milliseconds", G_BGP),
+    Option("bfd_multiplier", integer(1, 255), 3,
+           "mode bgp: BFD packets missed before a session is down", G_BGP),
+    Option("bird_conf", conf_word, "/etc/bird/bird.conf",
+           "mode bgp: the BIRD configuration file written (BIRD must run with it)",
+           G_BGP, "FILE"),
+    Option("bird_socket", text, "/run/bird/bird.ctl",
+           "mode bgp: BIRD's control socket (told to re-read bird_conf)", G_BGP, "FILE"),
+    Option("bird_bin", text, "bird", "mode bgp: BIRD binary used for 'bird -p' (parse "
+           "check)", G_BGP, "FILE"),
+    Option("announce_interval", number(0.05, 60), 0.5,
+           "mode bgp: seconds between checks that keepalived runs and IPVS has real "
+           "servers for each VIP (a failed check withdraws at once)", G_BGP),
+    Option("withdrawn_file", text, "/var/lib/lvs-extension/withdrawn",
+           "mode bgp: while this file exists every VIP is withdrawn ('lvs-extension "
+           "withdraw' creates it, 'announce' removes it)", G_BGP, "FILE"),
+    Option("sloppy_tcp", boolean, True,
+           "mode bgp: net.ipv4.vs.sloppy_tcp=1 while running (restored on exit), so a "
+           "director that inherits a flow mid-connection forwards it", G_BGP),
     # IPVS
     Option("scheduler", choice(*SCHEDULERS), "rr", "IPVS scheduler", _G_IPVS,
            aliases=("schedule.algorithm",), scope=PER_SERVICE),
@@ -530,6 +611,8 @@ OPTIONS: Tuple[Option, ...] = (
 )
 
 BY_NAME: Dict[str, Option] = {o.name: o for o in OPTIONS}
+#: scheduler every director of mode bgp uses: Maglev, the same choice on each
+BGP_SCHEDULER = "mh"
 SERVICE_OPTIONS: Tuple[Option, ...] = tuple(o for o in OPTIONS if o.per_service)
 #: every spelling a config file may use -> option name
 _KEYS: Dict[str, str] = {key: o.name for o in OPTIONS for key in o.keys}
@@ -709,6 +792,8 @@ def load(given: Any = None, config_path: Optional[str] = None, *,
         raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
                             "vip_map in the config file", config_path)
     mapped = dict(values["vip_map"] or ())
+    if values["mode"] == "bgp":
+        _check_bgp(values, overrides, origin)
     for service in sorted(overrides):
         if service not in mapped:
             raise SettingsError("service", service, "has a [service] section but is not in "
@@ -744,6 +829,37 @@ def _auth_pass_from_file(values: Dict[str, Any]) -> None:
                             "not both")
     values["auth_pass"] = BY_NAME["auth_pass"].parse(read_secret(path, "auth_pass_file"),
                                                      "auth_pass_file", path, 1)
+
+
+def _check_bgp(values: Dict[str, Any], overrides: Dict[str, Dict[str, Any]],
+               origin: Dict[str, Tuple[str, Optional[str], Optional[int]]]) -> None:
+    """Mode bgp: the BGP settings are given, every service uses ``mh`` (each director
+    must send a flow to the same real server), no VRRP-only setting, and each VIP's
+    address family has a peer to be announced to."""
+    def fail(name: str, value: Any, reason: str):
+        key, source, line = origin.get(name, (name, None, None))
+        raise SettingsError(key, value if value is None else BY_NAME[name].format(value),
+                            reason, source, line)
+
+    for name in ("bgp_local_as", "bgp_router_id", "bgp_peers"):
+        if values[name] is None:
+            fail(name, None, "is mandatory with mode bgp")
+    if values["sync_interface"] is not None:
+        fail("sync_interface", values["sync_interface"], "mode bgp runs no VRRP: IPVS "
+             "connection sync has no master to follow (mh + sloppy_tcp carry flows)")
+    reason = (f"mode bgp needs scheduler {BGP_SCHEDULER}: every director must send a flow "
+              "to the same real server")
+    if values["scheduler"] != BGP_SCHEDULER:
+        fail("scheduler", values["scheduler"], reason)
+    for service in sorted(overrides):
+        chosen = overrides[service].get("scheduler", BGP_SCHEDULER)
+        if chosen != BGP_SCHEDULER:
+            raise SettingsError("scheduler", chosen, f"[service {service}]: {reason}")
+    families = {ipaddress.ip_address(ip).version for ip, _ in values["bgp_peers"]}
+    for service, vip in values["vip_map"] or ():
+        if ipaddress.ip_address(vip).version not in families:
+            fail("bgp_peers", values["bgp_peers"], f"no IPv{ipaddress.ip_address(vip).version} "
+                 f"peer to announce {vip} ({service}) to")
 
 
 def _check_listen(values: Dict[str, Any],

@@ -50,6 +50,8 @@ class DirectorView:
     last_apply: Optional[ApplyRecord]
     convergence: Optional[Report]       #: the watcher's verdict on the last reload
     pending: FrozenSet[Slot]            #: new real servers not yet seen in IPVS
+    #: mode bgp: (VIP, None if announced else why not), in VIP order; None in mode vrrp
+    announcements: Optional[Tuple[Tuple[str, Optional[str]], ...]] = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ def observe(config: Optional[LvsConfig], interface: str, pending: FrozenSet[Slot
         errors.append(("ipvs", str(exc)))
     seconds.append(("ipvs", time.perf_counter() - started))
     roles: Tuple[Role, ...] = ()
-    if config is not None and config.vips:
+    vrrp = config is not None and (config.vrrp is None or config.vrrp.mode == "vrrp")
+    if config is not None and config.vips and vrrp:      # mode bgp has no VRRP roles
         started = time.perf_counter()
         try:
             roles = vrrp_roles(config, interface, read_addresses(interface))
@@ -183,13 +186,19 @@ def document(view: DirectorView, observation: Observation) -> Dict[str, Any]:
     for row in observation.rows:
         rows.setdefault(row.vs.service, []).append(row)
     known = view.topology_services
+    announced = None if view.announcements is None else dict(view.announcements)
     services = []
     for name, vip in view.vip_map:
         role = role_of(observation.roles, vip)
+        bgp = None
+        if announced is not None:
+            reason = announced.get(vip, "not checked yet")
+            bgp = {"announced": vip in announced and reason is None, "reason": reason}
         services.append({
             "service": name, "vip": vip,
             "vrrp_instance": role.instance if role else None,
             "vrrp_state": role.state if role else None,
+            "bgp": bgp,
             "in_topology": None if known is None else name in known,
             "virtual_servers": [_virtual_server(r, observation.ipvs_read)
                                 for r in rows.get(name, [])]})
@@ -231,6 +240,9 @@ def format_text(doc: Dict[str, Any]) -> str:
         where = {None: "  (no complete topology yet)", False: "  ABSENT from the topology",
                  True: ""}[svc["in_topology"]]
         role = f"  {svc['vrrp_instance']} {svc['vrrp_state']}" if svc["vrrp_state"] else ""
+        if svc.get("bgp"):
+            role = ("  BGP announced" if svc["bgp"]["announced"]
+                    else f"  BGP withdrawn ({svc['bgp']['reason']})")
         out.append(f"service {svc['service']}  VIP {svc['vip']}{role}{where}")
         for vs in svc["virtual_servers"]:
             head = f"  {vs['protocol']} {_endpoint(vs['vip'], vs['port'])} {vs['scheduler']}"

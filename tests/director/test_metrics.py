@@ -238,7 +238,7 @@ def test_status_document_over_http_and_the_status_verb(lab, vrrp_ns, capsys):
     assert doc["absent_from_topology"] == ["ghost"]
     ghost, web, _ = doc["services"]
     assert ghost == {"service": "ghost", "vip": GHOST, "vrrp_instance": "VI_IPV4",
-                     "vrrp_state": "MASTER", "in_topology": False, "virtual_servers": []}
+                     "vrrp_state": "MASTER", "bgp": None, "in_topology": False, "virtual_servers": []}
     (vs,) = web["virtual_servers"]
     assert (vs["in_kernel"], vs["active_connections"], vs["connections"]) == (True, 5, 17)
     rows = {r["member"]: r for r in vs["real_servers"]}

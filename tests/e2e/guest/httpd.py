@@ -27,6 +27,7 @@ def main(argv: list[str]) -> int:
     body = f"{name}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"   # keep-alive for HTTP/1.1 clients (scenario l's)
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

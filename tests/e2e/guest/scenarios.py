@@ -40,6 +40,7 @@ from pathlib import Path
 from tests.e2e.guest import lab as L
 from tests.e2e.guest import pace
 from tests.e2e.guest import routed
+from tests.e2e.guest.ecmp import ECMP_BUDGETS, ECMP_ORDER, EcmpScenarios
 from tests.e2e.guest.stratos import Topology
 
 VIP4 = "10.99.0.100"
@@ -61,7 +62,7 @@ MODULES = ("dummy", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ipip", "bridge", "veth")
 #: factor (pace.py); about twice what it takes on an idle 2-vCPU CI machine. The
 #: project commands (a Python start importing pyroute2 each) dominate them.
 BUDGETS = {"setup": 300, "a": 30, "h": 150, "c": 90, "b": 60, "e": 60, "j": 90, "f": 90, "g": 120,
-           "p": 480, "i": 45, "t": 240, "d": 90, "cleanup": 60}
+           "p": 480, "i": 45, "t": 240, "d": 90, "cleanup": 60, **ECMP_BUDGETS}
 #: the real server whose health check the fault "health-check" removes
 UNCHECKED = "rs2"
 SERVICE4 = f"TCP {VIP4}:{PORT}"
@@ -122,12 +123,16 @@ class Scenario:
             raise AssertionError(message)
 
 
-class Suite:
+class Suite(EcmpScenarios):
     """The lab, the project's tools driving it, and the scenarios."""
 
-    # Execution order. d (the MASTER's keepalived killed) runs last: afterwards the
-    # BACKUP serves and the old MASTER is a crashed machine.
-    ORDER = "ahcbejfgpitd"
+    # Execution order. d (the MASTER's keepalived killed) runs last of the VRRP pair's:
+    # afterwards the BACKUP serves and the old MASTER is a crashed machine. Then the
+    # ECMP directors of mode bgp (ecmp.py), on the same bridge and real servers --
+    # only when named (LVS_E2E_ONLY): scenarios l and m have not passed in the VM yet.
+    ORDER = "ahcbejfgpitd" + ECMP_ORDER
+    #: what a run without LVS_E2E_ONLY executes
+    DEFAULT_ORDER = "ahcbejfgpitd"
     #: what a connection-sync run (``--sync``) runs unless told otherwise
     SYNC_ORDER = "ad"
     COMMON_LOGS = ["dir1-lvs-extension.log", "dir2-lvs-extension.log",
@@ -151,7 +156,7 @@ class Suite:
     # ------------------------------------------------------------------ framework
     def selected(self, only: set) -> list:
         """The scenario letters this run executes, in execution order."""
-        default = self.SYNC_ORDER if self.sync else self.ORDER
+        default = self.SYNC_ORDER if self.sync else self.DEFAULT_ORDER
         return [k for k in self.ORDER if (k in only if only else k in default)]
 
     def run(self, selected: list) -> None:
