@@ -197,8 +197,9 @@ def _cluster_family(observation: Observation) -> List[Metric]:
 
 
 def _vrrp_families(observation: Observation) -> List[Metric]:
-    master = GaugeMetricFamily(PREFIX + "vrrp_master", "1 when every VIP of the VRRP "
-                               "instance is on its interface (this director is MASTER)",
+    master = GaugeMetricFamily(PREFIX + "vrrp_master", "1 when keepalived runs and every "
+                               "VIP of the VRRP instance is on its interface (this director "
+                               "is MASTER)",
                                labels=("vrrp_instance", "interface"))
     held = GaugeMetricFamily(PREFIX + "vrrp_vips_held", "VIPs of the instance on the "
                              "interface", labels=("vrrp_instance", "interface"))
@@ -239,8 +240,10 @@ class KernelCollector(Collector):
 
     def __init__(self, view: Callable[[], DirectorView], read_ipvs: Callable[[], Sequence],
                  read_addresses: Callable[[str], FrozenSet[str]],
-                 real_servers: bool = True) -> None:
+                 real_servers: bool = True,
+                 keepalived_running: Optional[Callable[[], bool]] = None) -> None:
         self._view = view
+        self._keepalived_running = keepalived_running
         self._real_servers = real_servers
         self._read_ipvs = read_ipvs
         self._read_addresses = read_addresses
@@ -250,7 +253,8 @@ class KernelCollector(Collector):
         view = self._view()
         with self._lock:
             return view, observe(view.config, view.interface, view.pending,
-                                 self._read_ipvs, self._read_addresses)
+                                 self._read_ipvs, self._read_addresses,
+                                 self._keepalived_running)
 
     def describe(self) -> List[Metric]:
         return []      # no kernel read when the collector is registered

@@ -548,7 +548,8 @@ def serve_metrics(director: Director, address: Tuple[str, int],
         pyroute2 in this network namespace).
     """
     collector = KernelCollector(director.view, director.read_kernel, read_addresses,
-                                director.settings.metrics_real_servers)
+                                director.settings.metrics_real_servers,
+                                director.keepalived.running)
     director.registry.register(collector)
     server = MetricsServer(address, director.registry, collector)
     try:

@@ -111,8 +111,11 @@ class Observation:
 
 def observe(config: Optional[LvsConfig], interface: str, pending: FrozenSet[Slot],
             read_ipvs: Callable[[], Sequence[ServiceStats]],
-            read_addresses: Callable[[str], FrozenSet[str]]) -> Observation:
-    """Read IPVS and the VRRP interface once; a failing read is recorded, not raised."""
+            read_addresses: Callable[[str], FrozenSet[str]],
+            keepalived_running: Optional[Callable[[], bool]] = None) -> Observation:
+    """Read IPVS and the VRRP interface once; a failing read is recorded, not raised.
+
+    :param keepalived_running: whether keepalived runs (None: assumed to)."""
     errors, seconds = [], []
     kernel: Tuple[ServiceStats, ...] = ()
     drift = None
@@ -129,7 +132,8 @@ def observe(config: Optional[LvsConfig], interface: str, pending: FrozenSet[Slot
     if config is not None and config.vips and vrrp:      # mode bgp has no VRRP roles
         started = time.perf_counter()
         try:
-            roles = vrrp_roles(config, interface, read_addresses(interface))
+            roles = vrrp_roles(config, interface, read_addresses(interface),
+                               keepalived_running() if keepalived_running else True)
         except HostError as exc:
             errors.append(("addresses", str(exc)))
         seconds.append(("addresses", time.perf_counter() - started))

@@ -4,7 +4,8 @@ keepalived adds an instance's ``virtual_ipaddress`` entries to the VRRP interfac
 when the instance becomes MASTER and removes them when it leaves that state, so the
 addresses on the interface tell the role: **MASTER** when every VIP of the instance
 is there, **BACKUP** when none is, **PARTIAL** otherwise (someone added or removed
-an address by hand).  :func:`roles` is pure; :func:`interface_addresses` reads the
+an address by hand). A keepalived that was killed leaves its VIPs on the interface:
+when keepalived is not running the role is **STOPPED**, whatever the addresses say.  :func:`roles` is pure; :func:`interface_addresses` reads the
 interface with pyroute2, in a network namespace when one is named.
 """
 
@@ -18,7 +19,7 @@ from ..errors import HostError
 from .model import LvsConfig
 from .render import instance_name
 
-MASTER, BACKUP, PARTIAL = "MASTER", "BACKUP", "PARTIAL"
+MASTER, BACKUP, PARTIAL, STOPPED = "MASTER", "BACKUP", "PARTIAL", "STOPPED"
 
 
 @dataclass(frozen=True)
@@ -27,9 +28,12 @@ class Role:
     interface: str
     vips: Tuple[str, ...]       #: the instance's VIPs
     held: Tuple[str, ...]       #: those on the interface now
+    running: bool = True        #: keepalived runs (its VIPs may outlive it)
 
     @property
     def state(self) -> str:
+        if not self.running:
+            return STOPPED
         if self.held == self.vips:
             return MASTER
         return BACKUP if not self.held else PARTIAL
@@ -44,10 +48,11 @@ def instances(config: LvsConfig) -> Dict[str, Tuple[str, ...]]:
     return dict(sorted(out.items()))
 
 
-def roles(config: LvsConfig, interface: str,
-          addresses: FrozenSet[str]) -> Tuple[Role, ...]:
-    """The role of every VRRP instance of *config*, given the interface's addresses."""
-    return tuple(Role(name, interface, vips, tuple(v for v in vips if v in addresses))
+def roles(config: LvsConfig, interface: str, addresses: FrozenSet[str],
+          running: bool = True) -> Tuple[Role, ...]:
+    """The role of every VRRP instance of *config*, given the interface's addresses
+    and whether keepalived runs."""
+    return tuple(Role(name, interface, vips, tuple(v for v in vips if v in addresses), running)
                  for name, vips in instances(config).items())
 
 

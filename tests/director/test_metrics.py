@@ -192,6 +192,18 @@ def test_vrrp_role_follows_the_vips_on_the_interface(lab, vrrp_ns):
     assert value(scrape(port), "vrrp_master", **labels) == 0
 
 
+def test_a_killed_keepalived_is_not_master_though_its_vips_stay(lab, vrrp_ns):
+    director, kernel, port, fake = lab
+    _, interface = vrrp_ns
+    labels = dict(vrrp_instance="VI_IPV4", interface=interface)
+    vip_on(vrrp_ns, VIP0, VIP1, GHOST)
+    assert value(scrape(port), "vrrp_master", **labels) == 1
+    fake.stop()                                         # SIGKILL: the VIPs stay behind
+    s = scrape(port)
+    assert value(s, "vrrp_master", **labels) == 0 and value(s, "vrrp_vips_held", **labels) == 3
+    assert get_json(port)["vrrp"][0]["state"] == "STOPPED"
+
+
 def test_the_loops_own_events(lab):
     director, kernel, port, fake = lab
     director.handle(update("MemberActivatedEvent", st.member_event(0, 3)), 2)

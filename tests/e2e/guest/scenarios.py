@@ -961,8 +961,9 @@ class Suite(EcmpScenarios):
             while stream.answered(switched) < 30 and time.monotonic() < end:
                 entries[self.neighbour(VIP4).split(" lladdr ")[-1]] += 1
         tables = {d: self.conn_table(d) for d in DIRECTORS}
-        # the BACKUP's lvs-extension reads the VIPs on its interface: it is MASTER now
-        # (dir1's keepalived was killed without removing its VIPs: dir1 still has them)
+        # the BACKUP's lvs-extension reads the VIPs on its interface: it is MASTER now;
+        # dir1's keepalived was killed without removing its VIPs: dir1 still has them,
+        # but its lvs-extension sees keepalived gone (STOPPED, not MASTER)
         roles["after"] = {d: metric(self.scrape(d), "vrrp_master", vrrp_instance="VI_IPV4",
                                     interface="eth0") for d in DIRECTORS}
         s.measure("vrrp_master", roles)
