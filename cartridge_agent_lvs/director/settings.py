@@ -471,11 +471,9 @@ OPTIONS: Tuple[Option, ...] = (
     Option("keepalived_pidfile", optional(text), "/run/keepalived.pid",
            "pid file of the keepalived to SIGHUP after a change", _G_KA, "FILE"),
     Option("keepalived_shards", integer(0, 64), 0,
-           "0: one keepalived.conf holds VRRP and every virtual server; N: keepalived_conf "
-           "holds only VRRP (run it with keepalived -P) and the virtual servers go to N "
-           "files keepalived.shard-NN.conf beside it, each run by its own keepalived -C "
-           "(pid file keepalived.shard-NN.pid beside keepalived_pidfile) and reloaded only "
-           "when its part changed", _G_KA, "N"),
+           "0: one keepalived.conf; N: keepalived_conf holds only VRRP (keepalived -P) and "
+           "the virtual servers go to N files keepalived.shard-NN.conf, each run by its "
+           "own keepalived -C and reloaded only when it changed", _G_KA, "N"),
     Option("reload_command", optional(command), None,
            "command that reloads keepalived instead of the SIGHUP, e.g. "
            "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND",
