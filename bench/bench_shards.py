@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,6 +243,52 @@ def one(args, size: int, shards: int, events: int) -> dict:
     return out
 
 
+def empty_shard_then_filled() -> dict:
+    """A ``keepalived -C`` started on a shard file without virtual servers, then given
+    one (file rewritten, SIGHUP): does the virtual server reach IPVS?"""
+    from cartridge_agent_lvs.director.keepalived import Keepalived
+    from cartridge_agent_lvs.director.shards import keepalived_argv, shard_conf
+    from cartridge_agent_lvs.director.stats import read_ipvs
+    from tests.director import _stratos as st
+    from cartridge_agent_lvs.director.plan import plan
+    from cartridge_agent_lvs.director.render import render_checkers
+    from cartridge_agent_lvs.director.settings import load
+    from cartridge_agent_lvs.director.topology import parse_topology
+    workdir = tempfile.mkdtemp(prefix="bench-shards-empty-")
+    conf, pid = os.path.join(workdir, "keepalived.conf"), os.path.join(workdir, "k.pid")
+    settings = load(dict(vip_map=st.vip_map([PROBE]), interface="kb0"))
+    full = plan(settings, parse_topology(st.topology({PROBE: range(3)}))).config
+    empty = replace(full, virtual_servers=())
+    part = Keepalived(shard_conf(conf, 1), pidfile=pid.replace(".pid", ".shard-01.pid"))
+    part.write(render_checkers(empty))
+    log = open(os.path.join(workdir, "keepalived.log"), "w")
+    proc = subprocess.Popen(keepalived_argv(conf, pid, 1), stdout=log, stderr=subprocess.STDOUT)
+    out = {}
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(part.pidfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        out["running_when_empty"] = proc.poll() is None
+        part.write(render_checkers(full))
+        t0 = time.monotonic()
+        out["reload_signalled"] = part.reload() if proc.poll() is None else False
+        seen = None
+        while time.monotonic() - t0 < 20:
+            if any(x.address == st.vip(PROBE) for x in read_ipvs()):
+                seen = round(time.monotonic() - t0, 3)
+                break
+            time.sleep(0.05)
+        out["in_ipvs_after"] = seen
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ipvsadm", "-C"], check=False)
+    with open(os.path.join(workdir, "keepalived.log")) as f:
+        out["log_tail"] = f.read()[-1500:]
+    return out
+
+
 def inner(args) -> dict:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "link", "add", "kb0", "type", "dummy"], check=True)
@@ -256,6 +303,8 @@ def inner(args) -> dict:
                        check=True)
     Listener().start()
     results = []
+    empty = empty_shard_then_filled()
+    print(f"  empty shard, then filled: {empty}", flush=True)
     for size in args.sizes:
         for shards in (0, args.shards):
             events = args.events
@@ -264,8 +313,9 @@ def inner(args) -> dict:
             results.append(one(args, size, shards, events))
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump({"runs": results, "args": vars(args)}, f, indent=1)
-    return {"runs": results}
+                    json.dump({"runs": results, "empty_shard": empty, "args": vars(args)},
+                              f, indent=1)
+    return {"runs": results, "empty_shard": empty}
 
 
 def here(args) -> dict:
