@@ -144,6 +144,10 @@ class Run:
         self.director.handle(FeedUpdate("CompleteTopologyEvent", self.doc(), "bench"),
                              time.monotonic())
         self.director.tick(time.monotonic() + 3600)        # writes; nothing to reload
+        applied = self.director.last_apply
+        if applied is None or not applied.ok:
+            raise RuntimeError(f"the first configuration was not written: "
+                               f"{applied.detail if applied else 'nothing applied'}")
         conf, pid = self.settings.keepalived_conf, self.settings.keepalived_pidfile
         if self.shards:
             argvs = [keepalived_argv(conf, pid, n) for n in range(self.shards + 1)]
@@ -292,7 +296,7 @@ def empty_shard_then_filled() -> dict:
 def inner(args) -> dict:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["ip", "link", "add", "kb0", "type", "dummy"], check=True)
-    subprocess.run(["ip", "link", "set", "kb0", "up"], check=True)
+    subprocess.run(["ip", "link", "set", "kb0", "multicast", "on", "up"], check=True)
     subprocess.run(["ip", "addr", "add", "10.250.0.2/24", "dev", "kb0"], check=True)
     for s in range(SCALE_SERVICES):             # every member of the big services
         subprocess.run(["ip", "route", "add", "local", f"10.{s}.0.0/16", "dev", "lo"],
