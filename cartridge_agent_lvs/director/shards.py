@@ -112,6 +112,9 @@ class ShardedKeepalived:
         self.placed: Dict[Key, int] = {}
         #: instances (0 = VRRP, n = shard n) whose new file has not been reloaded yet
         self.pending: Set[int] = set()
+        #: shard -> (its part of the configuration, its text): an unchanged shard is
+        #: not rendered again
+        self._rendered: Dict[int, Tuple[LvsConfig, str]] = {}
 
     @property
     def conf_path(self) -> str:
@@ -136,7 +139,16 @@ class ShardedKeepalived:
         parts = split(config, where, self.shards)
         for n in range(1, len(parts) + 1):
             self._part(n)
-        return (render_vrrp(config),) + tuple(render_checkers(p) for p in parts)
+        return (render_vrrp(config),) + tuple(self._render_part(n, p)
+                                              for n, p in enumerate(parts, 1))
+
+    def _render_part(self, n: int, part: LvsConfig) -> str:
+        cached = self._rendered.get(n)
+        if cached is not None and cached[0] == part:
+            return cached[1]
+        text = render_checkers(part)
+        self._rendered[n] = (part, text)
+        return text
 
     # -- applying -------------------------------------------------------------------
 
