@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
@@ -166,11 +167,9 @@ class ShardedKeepalived:
                 stack.enter_context(part.lock())
             changed = [(n, part, text) for (n, part), text in zip(instances, texts)
                        if part.current() != text]
-            temps = []
-            for n, part, text in changed:
-                path = stack.enter_context(part._temp(text))
-                part.check_file(path)
-                temps.append((n, part, path))
+            temps = [(n, part, stack.enter_context(part._temp(text)))
+                     for n, part, text in changed]
+            _check_all(temps)
             for n, part, path in temps:
                 os.replace(path, part.conf_path)
                 self.pending.add(n)
@@ -230,6 +229,21 @@ class ShardedKeepalived:
     def remove_stale_temps(self) -> List[str]:
         """The shard files live beside the VRRP file: one clean-up covers them all."""
         return self.vrrp.remove_stale_temps()
+
+
+def _check_all(temps: List[Tuple[int, Keepalived, str]]) -> None:
+    """``keepalived -t`` on every temporary file, side by side (one change often
+    touches several shards, and each -t costs a keepalived start); the first
+    failure, in file order, is raised once all have finished."""
+    if len(temps) == 1:
+        _, part, path = temps[0]
+        part.check_file(path)
+        return
+    workers = max(1, min(len(temps), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(part.check_file, path) for _, part, path in temps]
+    for future in futures:
+        future.result()
 
 
 def keepalived_argv(conf_path: str, pidfile: str, shard: int = 0,
