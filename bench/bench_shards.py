@@ -128,9 +128,12 @@ class Run:
         (default: now)."""
         from cartridge_agent_lvs.director.stats import read_ipvs
         start = start or time.monotonic()
+        reloads, self.signalled = self.director.reloads, None
         while True:
             now = time.monotonic()
             self.director.tick(now)
+            if self.signalled is None and self.director.reloads > reloads:
+                self.signalled = time.monotonic() - start     # validated, written, SIGHUP
             if until(read_ipvs()):
                 return time.monotonic() - start
             if now - start > timeout:
@@ -226,13 +229,15 @@ def one(args, size: int, shards: int, events: int) -> dict:
     out = {"size": size, "shards": shards}
     try:
         out["start_seconds"] = round(run.start(), 3)
-        times = []
+        times, signalled = [], []
         for k in range(events):
             s = 1 + (k // 2) % (SCALE_SERVICES - 1)
             times.append(run.event(s, (k // 2) % run.per))
-            print(f"  {size} shards={shards} event {k + 1}/{events}: {times[-1]:.3f} s",
-                  flush=True)
+            signalled.append(run.signalled)
+            print(f"  {size} shards={shards} event {k + 1}/{events}: {times[-1]:.3f} s "
+                  f"(SIGHUP sent after {run.signalled} s)", flush=True)
         out["events"] = summary(times)
+        out["to_sighup"] = summary([t for t in signalled if t is not None])
         out["event_seconds"] = [round(t, 3) for t in times]
         out["probe"] = run.probe(5, run.per - 1)
         print(f"  {size} shards={shards} probe: {out['probe']}", flush=True)
@@ -371,7 +376,8 @@ def report(r: dict) -> str:
              "probe = dead real server's health-check removal while another service "
              "changes", ""]
     head = (f"{'real servers':>12}  {'layout':<22}{'start':>7}  {'events':>6} "
-            f"{'median':>7} {'p99':>7} {'max':>7}  {'drain med/p99':>14}  {'probe':>7}")
+            f"{'median':>7} {'p99':>7} {'max':>7}  {'to SIGHUP med/p99':>18}  "
+            f"{'drain med/p99':>14}  {'probe':>7}")
     lines.append(head)
     for size in sorted(rows):
         for shards, run in sorted(rows[size].items()):
@@ -379,9 +385,12 @@ def report(r: dict) -> str:
             e = run.get("events", {})
             d = run.get("drain")
             drain = f"{d['median']}/{d['p99']}" if d else "-"
+            sig = run.get("to_sighup")
+            sig = f"{sig['median']}/{sig['p99']}" if sig else "-"
             lines.append(f"{size:>12,}  {layout:<22}{run.get('start_seconds', '-'):>7}  "
                          f"{e.get('n', '-'):>6} {e.get('median', '-'):>7} "
-                         f"{e.get('p99', '-'):>7} {e.get('max', '-'):>7}  {drain:>14}  "
+                         f"{e.get('p99', '-'):>7} {e.get('max', '-'):>7}  {sig:>18}  "
+                         f"{drain:>14}  "
                          f"{run.get('probe', {}).get('removed_after', '-'):>7}")
     return "\n".join(lines)
 
