@@ -28,7 +28,8 @@ By default this boots the e2e suite's kernel VM and runs itself inside with
 namespace (the host's IPVS is never touched) and runs ``--inner`` in it.
 
 Usage: .venv/bin/python bench/bench_shards.py [--sizes 1000,4000,10000] [--events 20]
-       [--single-events-at-10000 5] [--shards 10] [--here] [--json FILE]
+       [--single-events-at-10000 5] [--shards 10] [--layouts single,sharded]
+       [--here] [--json FILE]
 """
 
 from __future__ import annotations
@@ -315,7 +316,8 @@ def inner(args) -> dict:
     empty = empty_shard_then_filled()
     print(f"  empty shard, then filled: {empty}", flush=True)
     for size in args.sizes:
-        for shards in (0, args.shards):
+        for shards in [n for n, name in ((0, "single"), (args.shards, "sharded"))
+                       if name in args.layouts]:
             events = args.events
             if shards == 0 and size >= 10000 and args.single_events_at_10000:
                 events = args.single_events_at_10000
@@ -346,7 +348,7 @@ def _common(args) -> list:
     return ["--sizes", ",".join(map(str, args.sizes)), "--events", str(args.events),
             "--single-events-at-10000", str(args.single_events_at_10000),
             "--shards", str(args.shards), "--quiet", str(args.quiet),
-            "--drain-events", str(args.drain_events)]
+            "--drain-events", str(args.drain_events), "--layouts", ",".join(args.layouts)]
 
 
 def in_vm(args) -> dict:
@@ -405,6 +407,8 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=10)
     parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
     parser.add_argument("--drain-events", type=int, default=6)
+    parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
+                        help="single,sharded (default both, side by side)")
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE")
