@@ -129,3 +129,29 @@ def test_an_installed_wheel_carries_what_its_commands_need(tmp_path):
     assert install.returncode == 0, install.stderr
     assert (home / "plugins" / "LvsRealServer.py").read_bytes() == \
         (ROOT / "plugins" / "LvsRealServer.py").read_bytes()
+
+
+SHARD_UNITS = {"keepalived-vrrp.service": 0, "keepalived-shard@.service": 7}
+
+
+@pytest.mark.parametrize("name", sorted(SHARD_UNITS))
+def test_the_sharded_layout_units_run_what_the_director_expects(name, tmp_path):
+    """ExecStart (instance 07 for the template) is ``shards.keepalived_argv`` for the
+    shipped paths -- the files lvs-extension writes, the pid files it signals -- and
+    ``systemd-analyze verify`` is clean."""
+    from cartridge_agent_lvs.director.shards import keepalived_argv
+    unit = ROOT / "deploy" / name
+    shard = SHARD_UNITS[name]
+    line = next(line for line in unit.read_text().splitlines() if line.startswith("ExecStart="))
+    argv = shlex.split(line[len("ExecStart="):].replace("%i", f"{shard:02d}"))
+    assert argv == keepalived_argv("/etc/keepalived/keepalived.conf", "/run/keepalived.pid",
+                                   shard, binary="/usr/sbin/keepalived")
+    tool = shutil.which("systemd-analyze")
+    if tool is None or not os.path.exists("/usr/sbin/keepalived"):
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze or keepalived is missing")
+        pytest.skip("systemd-analyze or keepalived is missing")
+    target = tmp_path / (name.replace("@", f"@{shard:02d}") if shard else name)
+    target.write_text(unit.read_text())
+    proc = subprocess.run([tool, "verify", str(target)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout + proc.stderr == "", proc.stderr

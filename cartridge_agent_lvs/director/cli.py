@@ -110,8 +110,10 @@ def _render(args, settings) -> int:
 
 
 def _check(args, settings) -> int:
-    config, text = _planned(args, settings)
-    Keepalived(settings.keepalived_conf, binary=settings.keepalived_bin).validate(text)
+    from .service import keepalived_for
+    config, _ = _planned(args, settings)
+    layout = keepalived_for(settings)
+    layout.validate(layout.render(config))      # every file of a sharded layout too
     print(f"OK: keepalived accepts the file: {len(config.virtual_servers)} virtual servers, "
           f"{config.real_server_count()} real servers, {len(config.vips)} VIPs")
     return 0

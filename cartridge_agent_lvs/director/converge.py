@@ -114,9 +114,21 @@ def kernel_slots(services: Iterable[ServiceStats]) -> FrozenSet[Slot]:
 
 
 def new_slots(desired: LvsConfig, previous: Optional[LvsConfig]) -> FrozenSet[Slot]:
-    """The real servers *desired* serves that *previous* did not."""
-    before = real_server_slots(previous) if previous is not None else frozenset()
-    return real_server_slots(desired) - before
+    """The real servers *desired* serves that *previous* did not.
+
+    Virtual servers whose real servers did not change are skipped without building
+    their slots (at 10,000 real servers this runs after every reload)."""
+    before = {vs.key: vs.real_servers for vs in previous.virtual_servers} \
+        if previous is not None else {}
+    new = []
+    for vs in desired.virtual_servers:
+        old = before.get(vs.key)
+        if old == vs.real_servers:
+            continue
+        known = {(rs.ip, rs.port) for rs in old} if old else set()
+        new += [(vs.key, (rs.ip, rs.port)) for rs in vs.real_servers
+                if (rs.ip, rs.port) not in known]
+    return frozenset(new)
 
 
 def compare(desired: LvsConfig, kernel: Sequence[ServiceStats],

@@ -34,8 +34,8 @@ Slot = Tuple[Tuple[str, int, str], Tuple[str, int]]
 
 def real_server_slots(config: LvsConfig) -> FrozenSet[Slot]:
     """Every (virtual server key, real server key) pair of *config*."""
-    return frozenset((vs.key, rs.key) for vs in config.virtual_servers
-                     for rs in vs.real_servers)
+    return frozenset(((vs.vip, vs.port, vs.protocol), (rs.ip, rs.port))
+                     for vs in config.virtual_servers for rs in vs.real_servers)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,21 @@ class Keepalived:
             tuple(reload_command) if reload_command else None)
         self.timeout = timeout
 
+    # -- the layout the service loop drives (see also shards.ShardedKeepalived) -----
+
+    @staticmethod
+    def render(config) -> str:
+        """The one file for *config*."""
+        from .render import render
+        return render(config)
+
+    def live_config(self):
+        """The :class:`~.model.LvsConfig` the live file serves (without its VRRP part),
+        None when there is none; ``RenderedFileError`` when it is not ours."""
+        from .render import parse_rendered
+        text = self.current()
+        return None if text is None else parse_rendered(text)
+
     # -- validation -----------------------------------------------------------------
 
     def check_file(self, path: str) -> None:

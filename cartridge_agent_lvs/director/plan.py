@@ -31,6 +31,7 @@ Rules (see the keepalived notes in the README):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, fields, replace
 from typing import Dict, List, Optional, Set, Tuple
@@ -58,13 +59,35 @@ def _q(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+# The whole topology is planned again on every change: at 10,000 members, parsing each
+# address with ``ipaddress`` was most of a plan.  Addresses repeat from one plan to the
+# next, so the pure string -> value steps are cached (bounded).
+_CACHE = 1 << 17
+
+
+@functools.lru_cache(maxsize=_CACHE)
 def ip_sort_key(address: str) -> Tuple[int, int]:
     ip = ipaddress.ip_address(address)
     return ip.version, int(ip)
 
 
+@functools.lru_cache(maxsize=_CACHE)
 def _family(address: str) -> int:
     return ipaddress.ip_address(address).version
+
+
+def _where(member: Member) -> str:
+    return f"member {_q(member.member_id)} of cluster {_q(member.cluster_id)}"
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _host_ip(text: str) -> Optional[Tuple[int, str]]:
+    """(version, compressed form) of a usable host address; None when it is not one."""
+    try:
+        ip = parse_host_ip(text, "IP")
+    except InputError:
+        return None
+    return ip.version, ip.compressed
 
 
 def vrrp_of(settings) -> Vrrp:
@@ -140,33 +163,33 @@ class _Planner:
     def member_address(self, member: Member, vip: str) -> Optional[str]:
         """The member's validated address for *vip*, or None (warned)."""
         version = _family(vip)
-        where = f"member {_q(member.member_id)} of cluster {_q(member.cluster_id)}"
         try:
             check_safe_name(member.member_id, "memberId")
             check_safe_name(member.cluster_id, "clusterId")
         except InputError as exc:
-            self.warnings.append(f"skipped {where}: {exc.key} contains characters that "
-                                 "are not allowed")
+            self.warnings.append(f"skipped {_where(member)}: {exc.key} contains "
+                                 "characters that are not allowed")
             return None
         address = member.address
         if address is None:
-            self.warnings.append(f"skipped {where}: no {member.lb_ip_type} IP address")
+            self.warnings.append(f"skipped {_where(member)}: no {member.lb_ip_type} IP "
+                                 "address")
             return None
-        try:
-            ip = parse_host_ip(address, "IP")
-        except InputError:
-            self.warnings.append(f"skipped {where}: {member.lb_ip_type} IP {_q(address)} "
-                                 "is not a usable address")
+        parsed = _host_ip(address) if isinstance(address, str) else None
+        if parsed is None:
+            self.warnings.append(f"skipped {_where(member)}: {member.lb_ip_type} IP "
+                                 f"{_q(address)} is not a usable address")
             return None
-        if ip.version != version:
-            self.warnings.append(f"skipped {where}: IPv{ip.version} address {ip} cannot "
-                                 f"serve an IPv{version} VIP")
+        ip_version, ip = parsed
+        if ip_version != version:
+            self.warnings.append(f"skipped {_where(member)}: IPv{ip_version} address {ip} "
+                                 f"cannot serve an IPv{version} VIP")
             return None
-        if ip.compressed == vip:
-            self.warnings.append(f"skipped {where}: its {member.lb_ip_type} IP {ip} is the "
-                                 "VIP itself")
+        if ip == vip:
+            self.warnings.append(f"skipped {_where(member)}: its {member.lb_ip_type} IP "
+                                 f"{ip} is the VIP itself")
             return None
-        return ip.compressed
+        return ip
 
     def real_port(self, member: Member, key: PortKey, service_port: Port,
                   method: str) -> Optional[int]:

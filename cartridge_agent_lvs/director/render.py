@@ -146,6 +146,23 @@ def _family(address: str) -> int:
 
 def render(config: LvsConfig) -> str:
     """The complete keepalived.conf for *config* (which must carry its ``vrrp``)."""
+    return _render(config, vrrp_part=True, servers=True)
+
+
+def render_vrrp(config: LvsConfig) -> str:
+    """Only the VRRP part of :func:`render` (``global_defs`` and the VRRP instances):
+    the file of a VRRP-only keepalived (``keepalived -P``) when the virtual servers are
+    sharded (:mod:`.shards`)."""
+    return _render(config, vrrp_part=True, servers=False)
+
+
+def render_checkers(config: LvsConfig) -> str:
+    """Only the virtual servers of :func:`render` (with ``global_defs``' router id):
+    the file of one health-check shard (``keepalived -C``)."""
+    return _render(config, vrrp_part=False, servers=True)
+
+
+def _render(config: LvsConfig, vrrp_part: bool, servers: bool) -> str:
     vrrp = config.vrrp
     if vrrp is None:
         raise ValueError("the configuration has no VRRP part (not planned)")
@@ -153,18 +170,18 @@ def render(config: LvsConfig) -> str:
     w = _Writer()
     w.open("global_defs")
     w.line(f"router_id {vrrp.router_id}")
-    if vrrp.sync_interface and config.vips and not bgp:
+    if vrrp_part and vrrp.sync_interface and config.vips and not bgp:
         # connection sync follows the VRRP instance: master sends, backup receives
         first = instance_name(4 if any(_family(v) == 4 for v in config.vips) else 6)
         w.line(f"lvs_sync_daemon {vrrp.sync_interface} {first} "
                f"id {vrrp.virtual_router_id}")
     w.close()
-    for version in (4, 6):
+    for version in (4, 6) if vrrp_part else ():
         vips = [v for v in config.vips if _family(v) == version]
         if vips and not bgp:
             w.line()
             _vrrp(w, vrrp, version, vips)
-    for vs in config.virtual_servers:
+    for vs in config.virtual_servers if servers else ():
         w.line()
         _virtual_server(w, vs, bgp)
     return HEADER + "\n" + "\n".join(w.lines) + "\n"

@@ -56,8 +56,9 @@ from .keepalived import Keepalived, ValidationError
 from .metrics import KernelCollector, LoopMetrics, MetricsServer
 from .model import LvsConfig
 from .plan import plan, vrrp_of
-from .render import RenderedFileError, parse_rendered, render
+from .render import RenderedFileError
 from .settings import read_secret
+from .shards import ShardedKeepalived
 from .stats import read_ipvs
 from .status import ApplyRecord, DirectorView
 from .topology import Topology, apply_event, is_handled, parse_topology
@@ -156,7 +157,13 @@ def build_feed(settings) -> Feed:
                     deadline=max(timeout))
 
 
-def keepalived_for(settings) -> Keepalived:
+def keepalived_for(settings):
+    """The keepalived layout the settings name: one file (:class:`Keepalived`), or a
+    VRRP file and ``keepalived_shards`` shard files (:class:`ShardedKeepalived`)."""
+    if settings.keepalived_shards:
+        return ShardedKeepalived(settings.keepalived_conf, settings.keepalived_shards,
+                                 binary=settings.keepalived_bin,
+                                 pidfile=settings.keepalived_pidfile)
     return Keepalived(settings.keepalived_conf, binary=settings.keepalived_bin,
                       pidfile=settings.keepalived_pidfile,
                       reload_command=settings.reload_command)
@@ -237,10 +244,10 @@ class Director:
             log.warning("cannot clean up stale temporary files: %s", exc)
         level, why = logging.INFO, "there is none"
         try:
-            text = self.keepalived.current()
-            if text is not None:
+            served = self.keepalived.live_config()
+            if served is not None:
                 # the file's virtual servers; the VRRP part is always the current one
-                config = replace(parse_rendered(text), vrrp=vrrp_of(self.settings))
+                config = replace(served, vrrp=vrrp_of(self.settings))
                 self.guard.seed(config)
                 self.served = config
                 log.info("mass-removal guard baseline: %d real servers in %d virtual "
@@ -425,7 +432,7 @@ class Director:
         config = self.drain.apply(decision.config, now)
         self.metrics.mass_removal_held.set(1 if decision.held else 0)
         self.metrics.draining.set(self.drain.draining)
-        text = render(config)
+        text = self.keepalived.render(config)
         if text == self._applied_text and not force:
             return
         try:

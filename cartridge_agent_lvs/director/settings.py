@@ -551,6 +551,10 @@ OPTIONS: Tuple[Option, ...] = (
            _G_KA, "FILE"),
     Option("keepalived_pidfile", optional(text), "/run/keepalived.pid",
            "pid file of the keepalived to SIGHUP after a change", _G_KA, "FILE"),
+    Option("keepalived_shards", integer(0, 64), 0,
+           "0: one keepalived.conf; N: keepalived_conf holds only VRRP (keepalived -P) and "
+           "the virtual servers go to N files keepalived.shard-NN.conf, each run by its "
+           "own keepalived -C and reloaded only when it changed", _G_KA, "N"),
     Option("reload_command", optional(command), None,
            "command that reloads keepalived instead of the SIGHUP, e.g. "
            "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND",
@@ -788,6 +792,14 @@ def load(given: Any = None, config_path: Optional[str] = None, *,
     if values["auth_pass_file"]:
         _auth_pass_from_file(values)
     _check_listen(values, origin.get("metrics_listen", ("metrics_listen", None, None)))
+    if values["keepalived_shards"] and values["reload_command"]:
+        key, source, line = origin.get("reload_command", ("reload_command", None, None))
+        raise SettingsError(key, _show_words(values["reload_command"]), "cannot be used "
+                            "with keepalived_shards: each shard is reloaded on its own "
+                            "(SIGHUP to the pid in its pid file)", source, line)
+    if values["keepalived_shards"] and not values["keepalived_pidfile"]:
+        raise SettingsError("keepalived_shards", values["keepalived_shards"], "needs "
+                            "keepalived_pidfile: the shards' pid files are named after it")
     if values["vip_map"] is None and need_vip_map:
         raise SettingsError("vip_map", None, "is mandatory: give --vip-map 'svc|VIP,...' or "
                             "vip_map in the config file", config_path)

@@ -89,7 +89,8 @@ class ConvergenceWatcher:
         with self._lock:
             old = self._target
             if old is not None and not old.done:
-                pending |= old.pending & real_server_slots(desired)
+                if old.pending:
+                    pending |= old.pending & real_server_slots(desired)
                 if old.cause is not None:
                     cause = old.cause if cause is None else min(cause, old.cause)
             self._target = _Target(desired, now, cause, now + bound(desired), pending)

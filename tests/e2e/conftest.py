@@ -19,6 +19,10 @@ Environment:
     LVS_E2E_KVM=1     use KVM instead of software emulation
     LVS_E2E_BIN_DIR   take cartridge-agent-lvs and lvs-extension from this directory
     LVS_E2E_REQUIRED  fail (not skip) when the machine cannot boot a guest (.ci/run)
+    LVS_E2E_SHARDS    keepalived_shards of the lab's directors (default 0: the single
+                      keepalived.conf; N: lvs-extension writes a VRRP file and N shard
+                      files, run by keepalived -P and N keepalived -C, and every scenario
+                      runs on that layout)
     LVS_E2E_SYNC=1    the connection-sync run: both directors with ``--sync-interface
                       eth0``; scenarios a and d unless LVS_E2E_ONLY says otherwise
     LVS_E2E_BREAK     NEGATIVE CHECK of the suite itself -- inject a fault that the
@@ -132,6 +136,7 @@ def _guest_run(workdir: Path) -> GuestRun:
         command += ["--bin-dir", os.environ["LVS_E2E_BIN_DIR"]]
     if os.environ.get("LVS_E2E_SYNC") == "1":
         command += ["--sync"]
+    command += ["--shards", os.environ.get("LVS_E2E_SHARDS", "0")]
     if os.environ.get("LVS_E2E_BREAK"):
         command += ["--break", os.environ["LVS_E2E_BREAK"]]
     limit = VmLimit(workdir / "pace.json", hard_cap)

@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bin-dir", type=Path, help="take the project's console scripts from here "
                         "(default: beside this interpreter)")
     parser.add_argument("--sync", action="store_true", help="directors sync IPVS connections")
+    parser.add_argument("--shards", type=int, default=0,
+                        help="keepalived_shards of both directors (0: one keepalived.conf)")
     parser.add_argument("--break", dest="fault", choices=("drain", "health-check"),
                         help="inject this fault on purpose (negative check of the suite)")
     args = parser.parse_args(argv)
@@ -128,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         results.data["guest_started_uptime"] = float(f.read().split()[0])
     results.data["sync"] = args.sync
     results.data["fault"] = args.fault
-    suite = scenarios.Suite(args.workdir, results, sync=args.sync, fault=args.fault)
+    results.data["shards"] = args.shards
+    suite = scenarios.Suite(args.workdir, results, sync=args.sync, fault=args.fault,
+                            shards=args.shards)
     selected = suite.selected(set(filter(None, args.only.split(","))))
     results.data["selected"] = selected
     clock = Clock(args.deadline)

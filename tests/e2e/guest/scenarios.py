@@ -37,6 +37,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tests.e2e.guest import keepalived_layout as layout
 from tests.e2e.guest import lab as L
 from tests.e2e.guest import pace
 from tests.e2e.guest import routed
@@ -138,11 +139,15 @@ class Suite(EcmpScenarios):
     COMMON_LOGS = ["dir1-lvs-extension.log", "dir2-lvs-extension.log",
                    "dir1-keepalived.log", "dir2-keepalived.log"]
 
-    def __init__(self, workdir: Path, results, sync: bool = False, fault: str | None = None):
+    def __init__(self, workdir: Path, results, sync: bool = False, fault: str | None = None,
+                 shards: int = 0):
         self.workdir = workdir
         self.results = results
         self.sync = sync
         self.fault = fault
+        # keepalived_shards (0: one keepalived.conf); the health-check fault needs the
+        # single file (it works through --reload-command)
+        self.shards = 0 if fault == "health-check" else shards
         self.lab = L.Lab(workdir)
         self.topology = Topology(PORT)
         self.http = {}
@@ -368,8 +373,8 @@ class Suite(EcmpScenarios):
             self.publish(event, self.topology.member_event(self.topology.member(service, name), event))
 
     def keepalived_pids(self, director: str) -> list:
-        d = self.workdir / director
-        return [int((d / f).read_text()) for f in ("keepalived.pid", "vrrp.pid", "checkers.pid")]
+        """Every keepalived process of the director, its (VRRP) main process first."""
+        return layout.pids(self.workdir / director, self.shards)
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -440,6 +445,7 @@ class Suite(EcmpScenarios):
         feed = (["--topology-file", str(self.workdir / "topology.json")] if name == "dir1"
                 else ["--mqtt", f"{v4('mb')}:{MQTT_PORT}"])
         extra = ["--sync-interface", "eth0"] if self.sync else []
+        extra += layout.extension_flags(self.shards)
         if self.fault == "health-check":
             extra += ["--reload-command", f"sh {self.fault_script()} {conf} {d / 'keepalived.pid'}"]
         self.extension[name] = self.lab.start(
@@ -458,13 +464,13 @@ class Suite(EcmpScenarios):
         """keepalived in director ``name``'s namespace, once lvs-extension wrote its file."""
         d = self.workdir / name
         conf = d / "keepalived.conf"
-        L.wait_for(conf.exists, pace.scaled(60), 0.1, f"{name}: lvs-extension writes {conf}")
+        L.wait_for(lambda: all(f.exists() for f in layout.conf_files(d, self.shards)),
+                   pace.scaled(60), 0.1, f"{name}: lvs-extension writes {conf}")
         if self.fault == "health-check":
             self.lab.sh("sh", self.fault_script(), conf, "-", log="runner-fault.log")
-        self.keepalived[name] = self.lab.start(
-            f"{name}-keepalived",
-            ["keepalived", "-n", "-l", "-D", "-f", conf, "-p", d / "keepalived.pid",
-             "-r", d / "vrrp.pid", "-c", d / "checkers.pid"], ns=self.lab.ns(name))
+        for argv in layout.commands(d, self.shards):      # the VRRP instance first
+            self.keepalived.setdefault(name, self.lab.start(f"{name}-keepalived", argv,
+                                                            ns=self.lab.ns(name)))
 
     def fault_script(self) -> Path:
         """FAULT INJECTION (``--break health-check``): see :func:`write_fault_script`."""
@@ -562,7 +568,8 @@ class Suite(EcmpScenarios):
             return [text.count(m) for m in marks]
         done = {d: counts(d) for d in DIRECTORS}
         for d in DIRECTORS:
-            os.kill(self.keepalived_pids(d)[0], signal.SIGHUP)
+            for pid in layout.main_pids(self.workdir / d, self.shards):
+                os.kill(pid, signal.SIGHUP)
         L.wait_for(lambda: all(all(n > m for n, m in zip(counts(d), done[d])) for d in DIRECTORS),
                    pace.scaled(15), 0.1, "both keepalived reloaded (VRRP and checkers)")
         resurrected = [d for d in DIRECTORS if rip(name) in self.dests(d)]

@@ -1,0 +1,433 @@
+#!/usr/bin/env python3
+"""Event -> kernel converged at 1,000 / 4,000 / 10,000 real servers: one keepalived.conf
+against the sharded layout (``keepalived_shards``), in a real kernel's IPVS.
+
+keepalived 2.2.7 reloads in O(checkers^2).  For each size and each layout this starts
+the real keepalived instance(s) the layout needs (one ``keepalived`` for the single
+file; ``keepalived -P`` for VRRP plus one ``keepalived -C`` per shard), drives the
+service loop (``service.Director``: coalescing, plan, render, ``keepalived -t``,
+atomic write, SIGHUP -- the product's own code) with Stratos member events, and stops
+each clock when IPVS itself (generic netlink, read by this process) shows the change:
+
+* member events: a member suspended (its real server removed, ``drain_seconds`` 0),
+  then activated again (added back), alternating, on services other than the probe's;
+* drain: with ``drain_seconds`` 600 a leaving member only gets weight 0 and a
+  returning one its weight back -- weight-only changes, still one reload each;
+* health check under change: a member of the probe service (3 real servers,
+  ``delay_loop`` 1 s, ``connect_timeout`` 1 s, ``retry`` 0) dies (its address
+  leaves the host) at the moment another service's member event is applied; the
+  time until keepalived's health check removes it from IPVS.
+
+The sizes use 10 services of N/10 real servers (as in issue 14), plus the probe; the
+real servers are addresses of a local route in the namespace, accepted by one
+listener, so every TCP_CHECK succeeds (``delay_loop`` 30 s, ``connect_timeout`` 3 s
+for the big services).
+
+By default this boots the e2e suite's kernel VM and runs itself inside with
+``--here`` (wrap it in ``/work/bin/vmslot``); ``--here`` makes a throwaway network
+namespace (the host's IPVS is never touched) and runs ``--inner`` in it.
+
+Usage: .venv/bin/python bench/bench_shards.py [--sizes 1000,4000,10000] [--events 20]
+       [--single-events-at-10000 5] [--shards 10] [--layouts single,sharded]
+       [--here] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PROBE = 10                       #: the probe service's number (svc10)
+PROBE_MEMBERS = 3
+SCALE_SERVICES = 10
+PORT = 80
+
+
+def _q(values, p):
+    values = sorted(values)
+    if not values:
+        return None
+    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def summary(values) -> dict:
+    return {"n": len(values), "median": round(statistics.median(values), 3) if values else None,
+            "p99": round(_q(values, 99), 3) if values else None,
+            "max": round(max(values), 3) if values else None}
+
+
+# -- inside the namespace -------------------------------------------------------------
+
+class Listener(threading.Thread):
+    """Accepts and closes every connection to port 80 (all real servers)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("0.0.0.0", PORT))
+        self.sock.listen(4096)
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+                conn.close()
+            except OSError:
+                return
+
+
+class Run:
+    """One size and one layout: keepalived instance(s), the Director, the events."""
+
+    def __init__(self, args, size: int, shards: int, drain: float) -> None:
+        from cartridge_agent_lvs.director import service
+        from cartridge_agent_lvs.director.settings import load
+        from tests.director import _stratos as st
+        self.st, self.size, self.shards = st, size, shards
+        self.per = size // SCALE_SERVICES
+        self.workdir = tempfile.mkdtemp(prefix=f"bench-shards-{size}-{shards}-")
+        self.settings = load(dict(
+            vip_map=st.vip_map(range(SCALE_SERVICES + 1)), interface="kb0",
+            keepalived_conf=os.path.join(self.workdir, "keepalived.conf"),
+            keepalived_pidfile=os.path.join(self.workdir, "keepalived.pid"),
+            keepalived_shards=shards, quiet_period=args.quiet, max_delay=5,
+            drain_seconds=drain, delay_loop=30, connect_timeout=3, retry=1,
+            mass_removal_threshold=1, forwarding_method="DR", scheduler="rr",
+            health_check="TCP_CHECK", advert_int=1,
+            service_overrides={f"svc{PROBE}": dict(delay_loop=1, connect_timeout=1,
+                                                   retry=0)}))
+        self.layout = service.keepalived_for(self.settings)
+        self.director = service.Director(self.settings, self.layout)
+        self.inactive = {s: set() for s in range(SCALE_SERVICES + 1)}
+        self.procs = []
+
+    def doc(self) -> dict:
+        members = {s: [i for i in range(self.per) if i not in self.inactive[s]]
+                   for s in range(SCALE_SERVICES)}
+        members[PROBE] = [i for i in range(PROBE_MEMBERS) if i not in self.inactive[PROBE]]
+        return self.st.topology(members, inactive={s: sorted(v) for s, v in
+                                                   self.inactive.items()})
+
+    def pump(self, until, timeout: float, what: str, start: float = 0.0) -> float:
+        """Tick the loop and poll IPVS until ``until(kernel)``; seconds since *start*
+        (default: now)."""
+        from cartridge_agent_lvs.director.stats import read_ipvs
+        start = start or time.monotonic()
+        reloads, self.signalled = self.director.reloads, None
+        while True:
+            now = time.monotonic()
+            self.director.tick(now)
+            if self.signalled is None and self.director.reloads > reloads:
+                self.signalled = time.monotonic() - start     # validated, written, SIGHUP
+            if until(read_ipvs()):
+                return time.monotonic() - start
+            if now - start > timeout:
+                raise TimeoutError(f"{what}: not seen in IPVS within {timeout:g} s")
+            time.sleep(0.01)
+
+    def start(self) -> float:
+        from cartridge_agent_lvs.director.feeds import FeedUpdate
+        from cartridge_agent_lvs.director.shards import keepalived_argv
+        self.director.prepare()
+        self.director.handle(FeedUpdate("CompleteTopologyEvent", self.doc(), "bench"),
+                             time.monotonic())
+        self.director.tick(time.monotonic() + 3600)        # writes; nothing to reload
+        applied = self.director.last_apply
+        if applied is None or not applied.ok:
+            raise RuntimeError(f"the first configuration was not written: "
+                               f"{applied.detail if applied else 'nothing applied'}")
+        conf, pid = self.settings.keepalived_conf, self.settings.keepalived_pidfile
+        if self.shards:
+            argvs = [keepalived_argv(conf, pid, n) for n in range(self.shards + 1)]
+        else:
+            base = os.path.splitext(pid)[0]
+            argvs = [["keepalived", "-n", "-l", "-D", "-f", conf, "-p", pid,
+                      "-r", f"{base}.vrrp.pid", "-c", f"{base}.checkers.pid"]]
+        started = time.monotonic()
+        log = open(os.path.join(self.workdir, "keepalived.log"), "w")
+        for argv in argvs:
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL))
+        want = self.size + PROBE_MEMBERS
+        self.pump(lambda k: sum(len(s.dests) for s in k) >= want, 600, "keepalived start")
+        for _, part in self.layout.instances() if self.shards else [(0, self.layout)]:
+            pidfile = part.pidfile
+            deadline = time.monotonic() + 60
+            while not os.path.exists(pidfile) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return time.monotonic() - started
+
+    def event(self, s: int, i: int) -> float:
+        """Suspend or re-activate member i of service s; seconds until IPVS shows it."""
+        from cartridge_agent_lvs.director.feeds import FeedUpdate
+        vip, ip = self.st.vip(s), self.st.member_ip(s, i)
+        if i in self.inactive[s]:
+            self.inactive[s].discard(i)
+            name = "MemberActivatedEvent"
+        else:
+            self.inactive[s].add(i)
+            name = "MemberSuspendedEvent"
+        gone = name != "MemberActivatedEvent"
+        drain = self.director.drain.drain_seconds > 0
+
+        def shown(kernel):
+            for svc in kernel:
+                if svc.address == vip and svc.port == PORT:
+                    dest = next((d for d in svc.dests if d.address == ip), None)
+                    if drain:
+                        return dest is not None and (dest.weight == 0) == gone
+                    return (dest is None) == gone
+            return False
+        t0 = time.monotonic()
+        self.director.handle(FeedUpdate(name, self.st.member_event(s, i), "bench"), t0)
+        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0)
+
+    def probe(self, s: int, i: int) -> dict:
+        """Kill a probe real server while member i of service s changes."""
+        from cartridge_agent_lvs.director.feeds import FeedUpdate
+        vip, dead = self.st.vip(PROBE), self.st.member_ip(PROBE, 1)
+        self.inactive[s].add(i)
+        t0 = time.monotonic()
+        self.director.handle(FeedUpdate("MemberSuspendedEvent", self.st.member_event(s, i),
+                                        "bench"), t0)
+        self.director.tick(t0 + 3600)         # the other service's change, applied now
+        subprocess.run(["ip", "addr", "del", f"{dead}/32", "dev", "lo"], check=True)
+        killed = time.monotonic()
+
+        def removed(kernel):
+            svc = next((x for x in kernel if x.address == vip and x.port == PORT), None)
+            return svc is not None and all(d.address != dead for d in svc.dests)
+        seconds = self.pump(removed, 900, "dead probe real server", killed)
+        subprocess.run(["ip", "addr", "add", f"{dead}/32", "dev", "lo"], check=True)
+        return {"removed_after": round(seconds, 3), "apply_seconds": round(killed - t0, 3)}
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGKILL)
+        for p in self.procs:
+            p.wait()
+        subprocess.run(["ipvsadm", "-C"], check=False)
+
+
+def one(args, size: int, shards: int, events: int) -> dict:
+    run = Run(args, size, shards, drain=0)
+    out = {"size": size, "shards": shards}
+    try:
+        out["start_seconds"] = round(run.start(), 3)
+        times, signalled = [], []
+        for k in range(events):
+            s = 1 + (k // 2) % (SCALE_SERVICES - 1)
+            times.append(run.event(s, (k // 2) % run.per))
+            signalled.append(run.signalled)
+            print(f"  {size} shards={shards} event {k + 1}/{events}: {times[-1]:.3f} s "
+                  f"(SIGHUP sent after {run.signalled} s)", flush=True)
+        out["events"] = summary(times)
+        out["to_sighup"] = summary([t for t in signalled if t is not None])
+        out["event_seconds"] = [round(t, 3) for t in times]
+        out["probe"] = run.probe(5, run.per - 1)
+        print(f"  {size} shards={shards} probe: {out['probe']}", flush=True)
+        if args.drain_events:
+            run.director.drain.drain_seconds = 600     # leaving members: weight 0 only
+            drains = [run.event(2 + k % 3, run.per - 2 - k // 2)
+                      for k in range(args.drain_events)]
+            out["drain"] = summary(drains)
+            print(f"  {size} shards={shards} drain: {out['drain']}", flush=True)
+    finally:
+        run.stop()
+    return out
+
+
+def empty_shard_then_filled() -> dict:
+    """A ``keepalived -C`` started on a shard file without virtual servers, then given
+    one (file rewritten, SIGHUP): does the virtual server reach IPVS?"""
+    from cartridge_agent_lvs.director.keepalived import Keepalived
+    from cartridge_agent_lvs.director.shards import keepalived_argv, shard_conf
+    from cartridge_agent_lvs.director.stats import read_ipvs
+    from tests.director import _stratos as st
+    from cartridge_agent_lvs.director.plan import plan
+    from cartridge_agent_lvs.director.render import render_checkers
+    from cartridge_agent_lvs.director.settings import load
+    from cartridge_agent_lvs.director.topology import parse_topology
+    workdir = tempfile.mkdtemp(prefix="bench-shards-empty-")
+    conf, pid = os.path.join(workdir, "keepalived.conf"), os.path.join(workdir, "k.pid")
+    settings = load(dict(vip_map=st.vip_map([PROBE]), interface="kb0"))
+    full = plan(settings, parse_topology(st.topology({PROBE: range(3)}))).config
+    empty = replace(full, virtual_servers=())
+    part = Keepalived(shard_conf(conf, 1), pidfile=pid.replace(".pid", ".shard-01.pid"))
+    part.write(render_checkers(empty))
+    log = open(os.path.join(workdir, "keepalived.log"), "w")
+    proc = subprocess.Popen(keepalived_argv(conf, pid, 1), stdout=log, stderr=subprocess.STDOUT)
+    out = {}
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(part.pidfile) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        out["running_when_empty"] = proc.poll() is None
+        part.write(render_checkers(full))
+        t0 = time.monotonic()
+        out["reload_signalled"] = part.reload() if proc.poll() is None else False
+        seen = None
+        while time.monotonic() - t0 < 20:
+            if any(x.address == st.vip(PROBE) for x in read_ipvs()):
+                seen = round(time.monotonic() - t0, 3)
+                break
+            time.sleep(0.05)
+        out["in_ipvs_after"] = seen
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ipvsadm", "-C"], check=False)
+    with open(os.path.join(workdir, "keepalived.log")) as f:
+        out["log_tail"] = f.read()[-1500:]
+    return out
+
+
+def inner(args) -> dict:
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "link", "add", "kb0", "type", "dummy"], check=True)
+    subprocess.run(["ip", "link", "set", "kb0", "multicast", "on", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "10.250.0.2/24", "dev", "kb0"], check=True)
+    for s in range(SCALE_SERVICES):             # every member of the big services
+        subprocess.run(["ip", "route", "add", "local", f"10.{s}.0.0/16", "dev", "lo"],
+                       check=True)
+    from tests.director import _stratos as st
+    for i in range(PROBE_MEMBERS):              # the probe's members, one by one
+        subprocess.run(["ip", "addr", "add", f"{st.member_ip(PROBE, i)}/32", "dev", "lo"],
+                       check=True)
+    Listener().start()
+    results = []
+    empty = empty_shard_then_filled()
+    print(f"  empty shard, then filled: {empty}", flush=True)
+    for size in args.sizes:
+        for shards in [n for n, name in ((0, "single"), (args.shards, "sharded"))
+                       if name in args.layouts]:
+            events = args.events
+            if shards == 0 and size >= 10000 and args.single_events_at_10000:
+                events = args.single_events_at_10000
+            results.append(one(args, size, shards, events))
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"runs": results, "empty_shard": empty, "args": vars(args)},
+                              f, indent=1)
+    return {"runs": results, "empty_shard": empty}
+
+
+def here(args) -> dict:
+    for module in ("ip_vs", "ip_vs_rr", "dummy"):
+        subprocess.run(["modprobe", module], check=False)
+    ns = f"lvsbench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        argv = [sys.executable, os.path.abspath(__file__), "--inner", "--json", args.json,
+                *_common(args)]
+        subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    with open(args.json) as f:
+        return json.load(f)
+
+
+def _common(args) -> list:
+    return ["--sizes", ",".join(map(str, args.sizes)), "--events", str(args.events),
+            "--single-events-at-10000", str(args.single_events_at_10000),
+            "--shards", str(args.shards), "--quiet", str(args.quiet),
+            "--drain-events", str(args.drain_events), "--layouts", ",".join(args.layouts)]
+
+
+def in_vm(args) -> dict:
+    from tests.e2e.kernel import ensure_kernel
+    from tests.e2e.vm import boot, check_host
+    check_host()
+    workdir = tempfile.mkdtemp(prefix="bench-shards-vm-")
+    result = os.path.join(workdir, "result.json")
+    command = [sys.executable, os.path.join(ROOT, "bench", "bench_shards.py"), "--here",
+               "--json", result, *_common(args)]
+    booted = boot(ensure_kernel(), command, Path(workdir), timeout=args.timeout,
+                  cwd=Path(ROOT), memory="3G")
+    print(f"VM: {booted.seconds:.0f} s wall-clock, exit {booted.returncode}, console "
+          f"{workdir}/vng.log")
+    if not os.path.exists(result):
+        tail = "\n".join(booted.output.splitlines()[-40:])
+        sys.exit(f"bench_shards: the VM wrote no result:\n{tail}")
+    with open(result) as f:
+        return json.load(f)
+
+
+def report(r: dict) -> str:
+    rows = {}
+    for run in r["runs"]:
+        rows.setdefault(run["size"], {})[run["shards"]] = run
+    lines = ["event -> kernel converged (s), member suspended/activated alternately; "
+             "probe = dead real server's health-check removal while another service "
+             "changes", ""]
+    head = (f"{'real servers':>12}  {'layout':<22}{'start':>7}  {'events':>6} "
+            f"{'median':>7} {'p99':>7} {'max':>7}  {'to SIGHUP med/p99':>18}  "
+            f"{'drain med/p99':>14}  {'probe':>7}")
+    lines.append(head)
+    for size in sorted(rows):
+        for shards, run in sorted(rows[size].items()):
+            layout = "single file" if shards == 0 else f"{shards} shards + VRRP"
+            e = run.get("events", {})
+            d = run.get("drain")
+            drain = f"{d['median']}/{d['p99']}" if d else "-"
+            sig = run.get("to_sighup")
+            sig = f"{sig['median']}/{sig['p99']}" if sig else "-"
+            lines.append(f"{size:>12,}  {layout:<22}{run.get('start_seconds', '-'):>7}  "
+                         f"{e.get('n', '-'):>6} {e.get('median', '-'):>7} "
+                         f"{e.get('p99', '-'):>7} {e.get('max', '-'):>7}  {sig:>18}  "
+                         f"{drain:>14}  "
+                         f"{run.get('probe', {}).get('removed_after', '-'):>7}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
+                        default=[1000, 4000, 10000])
+    parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--single-events-at-10000", type=int, default=5,
+                        help="member events for the single file at >= 10,000 (37 s each)")
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
+    parser.add_argument("--drain-events", type=int, default=6)
+    parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
+                        help="single,sharded (default both, side by side)")
+    parser.add_argument("--here", action="store_true")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args()
+    if args.inner:
+        result = inner(args)
+    elif args.here:
+        args.json = args.json or tempfile.mktemp(suffix=".json")
+        result = here(args)
+    else:
+        result = in_vm(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
+    if not args.inner:
+        print(report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

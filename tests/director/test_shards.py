@@ -1,0 +1,314 @@
+"""The sharded keepalived layout (``keepalived_shards``): placement, files, reloads,
+and the director's guarantees per shard -- validated by the real ``keepalived -t``,
+reloads counted by fake keepalived processes (one per instance, each holding its own
+file on its command line, as the pid check requires)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from cartridge_agent_lvs.director import service
+from cartridge_agent_lvs.director.feeds import FeedUpdate
+from cartridge_agent_lvs.director.keepalived import ValidationError
+from cartridge_agent_lvs.director.plan import plan
+from cartridge_agent_lvs.director.render import parse_rendered, render
+from cartridge_agent_lvs.director.shards import (ShardedKeepalived, assign, keepalived_argv,
+                                                 shard_conf, shard_pidfile, split)
+from cartridge_agent_lvs.director.topology import parse_topology
+from cartridge_agent_lvs.errors import HostError, SettingsError
+
+from . import _stratos as st
+from ._service import FakeKeepalived, make_settings
+
+pytestmark = [pytest.mark.keepalived]
+
+SHARDS = 3
+SERVICES = range(5)
+RS_RE = re.compile(r"real_server (\S+) (\d+) \{\s*weight (\d+)")
+
+
+def _vs(config, s):
+    return next(vs for vs in config.virtual_servers if vs.vip == st.vip(s))
+
+
+def _config(members):
+    settings = make_settings("/tmp", vip_map=st.vip_map(SERVICES))
+    return plan(settings, parse_topology(st.topology(members))).config
+
+
+# -- placement (pure) -----------------------------------------------------------------
+
+def test_new_services_go_to_the_least_loaded_shard_and_never_move():
+    config = _config({0: range(10), 1: range(2), 2: range(2), 3: range(1)})
+    first = assign(config.virtual_servers, SHARDS, {})
+    # key order: svc0 -> 1, svc1 -> 2, svc2 -> 3, svc3 -> the lightest (2 or 3: 2 wins)
+    assert [first[_vs(config, s).key] for s in range(4)] == [1, 2, 3, 2]
+    grown = _config({0: range(10), 1: range(40), 2: range(2), 3: range(1), 4: range(1)})
+    second = assign(grown.virtual_servers, SHARDS, first)
+    assert all(second[k] == v for k, v in first.items())     # nobody moved
+    assert second[_vs(grown, 4).key] == 3                     # svc4: shard 3 is lightest
+    # a sticky shard beyond the current count is kept (moving is never safe)
+    assert assign(grown.virtual_servers, 1, second) == second
+
+
+def test_split_keeps_every_virtual_server_exactly_once():
+    config = _config({s: range(s + 1) for s in SERVICES})
+    parts = split(config, assign(config.virtual_servers, SHARDS, {}), SHARDS)
+    assert len(parts) == SHARDS
+    assert sorted(vs.key for p in parts for vs in p.virtual_servers) == \
+        sorted(vs.key for vs in config.virtual_servers)
+
+
+def test_names_and_command_lines_of_the_instances():
+    assert shard_conf("/etc/keepalived/keepalived.conf", 3) == \
+        "/etc/keepalived/keepalived.shard-03.conf"
+    assert shard_pidfile("/run/keepalived.pid", 12) == "/run/keepalived.shard-12.pid"
+    vrrp = keepalived_argv("/etc/k/keepalived.conf", "/run/keepalived.pid")
+    assert vrrp[:2] == ["keepalived", "-P"] and "/etc/k/keepalived.conf" in vrrp
+    shard = keepalived_argv("/etc/k/keepalived.conf", "/run/keepalived.pid", 2)
+    assert shard[:2] == ["keepalived", "-C"]
+    assert shard[shard.index("-f") + 1] == "/etc/k/keepalived.shard-02.conf"
+    assert shard[shard.index("-p") + 1] == "/run/keepalived.shard-02.pid"
+    assert shard[shard.index("-c") + 1] == "/run/keepalived.shard-02.checkers.pid"
+    pids = [a for argv in (vrrp, shard) for flag in ("-p", "-r", "-c")
+            for a in [argv[argv.index(flag) + 1]]]
+    assert len(set(pids)) == len(pids)                       # no instance shares a pid file
+
+
+# -- the director on the sharded layout ---------------------------------------------
+
+class Lab:
+    """A Director on ShardedKeepalived, a fake keepalived per instance, a manual clock."""
+
+    def __init__(self, tmp_path, **overrides) -> None:
+        self.dir = str(tmp_path)
+        pid = os.path.join(self.dir, "keepalived.pid")
+        values = dict(vip_map=st.vip_map(SERVICES), keepalived_shards=SHARDS,
+                      keepalived_pidfile=pid, quiet_period=1, max_delay=10,
+                      drain_seconds=0)
+        values.update(overrides)
+        self.settings = make_settings(self.dir, **values)
+        conf = self.settings.keepalived_conf
+        self.fakes = {}
+        for n in range(SHARDS + 1):
+            path = conf if n == 0 else shard_conf(conf, n)
+            fake = FakeKeepalived(self.dir, conf=path)
+            os.replace(fake.pidfile, pid if n == 0 else shard_pidfile(pid, n))
+            self.fakes[n] = fake
+        self.members = {s: set(range(4)) for s in SERVICES}
+        self.now = 1000.0
+        self.director = self.new_director()
+
+    def new_director(self):
+        director = service.Director(self.settings, service.keepalived_for(self.settings))
+        director.prepare()
+        return director
+
+    @property
+    def layout(self) -> ShardedKeepalived:
+        return self.director.keepalived
+
+    def doc(self):
+        return st.topology({s: sorted(m) for s, m in self.members.items()})
+
+    def complete(self):
+        self.director.handle(FeedUpdate("CompleteTopologyEvent", self.doc(), "t"), self.now)
+
+    def event(self, name, s, i):
+        (self.members[s].discard if name == "MemberSuspendedEvent" else
+         self.members[s].add)(i)
+        self.director.handle(FeedUpdate(name, st.member_event(s, i), "t"), self.now)
+
+    def settle(self, seconds=1.0):
+        self.now += seconds
+        self.director.tick(self.now)
+
+    def hups(self):
+        return {n: f.hups() for n, f in self.fakes.items()}
+
+    def text(self, n):
+        path = self.layout.vrrp.conf_path if n == 0 else shard_conf(
+            self.layout.conf_path, n)
+        with open(path) as f:
+            return f.read()
+
+    def shard_of(self, s):
+        return self.layout.placed[(st.vip(s), 80, "TCP")]
+
+    def inodes(self):
+        return {n: os.stat(self.text_path(n)).st_ino for n in range(SHARDS + 1)}
+
+    def text_path(self, n):
+        return self.layout.conf_path if n == 0 else shard_conf(self.layout.conf_path, n)
+
+    def stop(self):
+        for fake in self.fakes.values():
+            fake.stop()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab(tmp_path)
+    yield lab
+    lab.stop()
+
+
+def _settled_hups(lab, expected):
+    for n, count in expected.items():
+        lab.fakes[n].expect(count, settle=0.05)
+
+
+def test_first_apply_writes_every_file_valid_and_the_union_is_the_single_file(lab):
+    lab.complete()
+    lab.settle()
+    _settled_hups(lab, {n: 1 for n in range(SHARDS + 1)})
+    vrrp = lab.text(0)
+    assert "vrrp_instance" in vrrp and "virtual_server" not in vrrp
+    union = []
+    for n in range(1, SHARDS + 1):
+        text = lab.text(n)
+        assert "vrrp_instance" not in text and "lvs_sync_daemon" not in text
+        lab.layout.parts[n].check_file(lab.text_path(n))   # real keepalived -t, again
+        union += parse_rendered(text).virtual_servers
+    single = parse_rendered(render(lab.director.served))
+    assert sorted(union, key=lambda v: v.key) == sorted(single.virtual_servers,
+                                                       key=lambda v: v.key)
+    assert parse_rendered(vrrp).vips == single.vips
+
+
+def test_a_member_event_rewrites_and_reloads_only_its_own_shard(lab):
+    lab.complete()
+    lab.settle()
+    before = lab.inodes()
+    shard = lab.shard_of(2)
+    lab.event("MemberSuspendedEvent", 2, 1)
+    lab.settle()
+    after = lab.inodes()
+    assert [n for n in after if after[n] != before[n]] == [shard]
+    _settled_hups(lab, {n: 2 if n == shard else 1 for n in range(SHARDS + 1)})
+    assert st.member_ip(2, 1) not in lab.text(shard)
+
+
+def test_a_burst_on_two_services_is_coalesced_into_one_reload_per_touched_shard(lab):
+    lab.complete()
+    lab.settle()
+    _settled_hups(lab, {n: 1 for n in range(SHARDS + 1)})
+    touched = {lab.shard_of(0), lab.shard_of(1)}
+    for i in range(4, 30):                      # 26 events on svc0, then svc1
+        lab.event("MemberActivatedEvent", 0, i)
+        lab.now += 0.1
+        lab.director.tick(lab.now)
+    lab.event("MemberSuspendedEvent", 1, 0)
+    lab.settle(0.5)
+    assert lab.hups() == {n: 1 for n in range(SHARDS + 1)}     # still quiet-period
+    lab.settle(1.0)
+    _settled_hups(lab, {n: 2 if n in touched else 1 for n in range(SHARDS + 1)})
+
+
+def test_drain_is_a_weight_change_in_one_shard_then_a_removal_there(tmp_path):
+    lab = Lab(tmp_path, drain_seconds=5)
+    try:
+        lab.complete()
+        lab.settle()
+        shard = lab.shard_of(3)
+        lab.event("MemberSuspendedEvent", 3, 2)
+        lab.settle()
+        weights = {ip: int(w) for ip, _, w in RS_RE.findall(lab.text(shard))}
+        assert weights[st.member_ip(3, 2)] == 0
+        _settled_hups(lab, {n: 2 if n == shard else 1 for n in range(SHARDS + 1)})
+        lab.settle(5)
+        assert st.member_ip(3, 2) not in lab.text(shard)
+        _settled_hups(lab, {n: 3 if n == shard else 1 for n in range(SHARDS + 1)})
+    finally:
+        lab.stop()
+
+
+def test_a_mass_removal_is_held_in_every_shard(tmp_path):
+    lab = Lab(tmp_path, mass_removal_hold=30)
+    try:
+        lab.complete()
+        lab.settle()
+        texts = {n: lab.text(n) for n in range(SHARDS + 1)}
+        lab.members = {s: set() if s else set(range(4)) for s in SERVICES}  # 4/5 gone
+        lab.complete()
+        lab.settle()
+        assert {n: lab.text(n) for n in texts} == texts
+        assert lab.director.guard.holding
+        lab.settle(31)                                # still so after the hold: applied
+        assert st.member_ip(1, 0) not in lab.text(lab.shard_of(1))
+    finally:
+        lab.stop()
+
+
+def test_a_rejected_shard_keeps_every_last_good_file(lab):
+    lab.complete()
+    lab.settle()
+    texts = tuple(lab.text(n) for n in range(SHARDS + 1))
+    inodes = lab.inodes()
+    changed = list(lab.layout.render(lab.director.served))
+    changed[1] = changed[1].replace("lb_algo rr", "lb_algo rr\n    bogus_keyword 1", 1)
+    changed[2] = changed[2].replace("weight 1", "weight 2", 1)        # a valid change
+    with pytest.raises(ValidationError) as err:
+        lab.layout.write(tuple(changed))
+    assert "bogus_keyword" in str(err.value)
+    assert tuple(lab.text(n) for n in range(SHARDS + 1)) == texts     # none written
+    assert lab.inodes() == inodes and not lab.layout.pending
+    assert not [f for f in os.listdir(lab.dir) if f.endswith(".conf.tmp")]
+
+
+def test_a_failed_shard_reload_is_owed_until_it_succeeds(lab):
+    lab.complete()
+    lab.settle()
+    shard = lab.shard_of(4)
+    pidfile = shard_pidfile(lab.settings.keepalived_pidfile, shard)
+    with open(pidfile) as f:
+        good = f.read()
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()}\n")               # not keepalived: refused, no signal
+    lab.event("MemberSuspendedEvent", 4, 0)
+    lab.settle()
+    assert lab.layout.pending == {shard}
+    with open(pidfile, "w") as f:
+        f.write(good)
+    lab.now = lab.director.deadline()
+    lab.director.tick(lab.now)
+    assert not lab.layout.pending
+    _settled_hups(lab, {n: 2 if n == shard else 1 for n in range(SHARDS + 1)})
+
+
+def test_a_restart_keeps_the_placement_from_the_files_and_writes_nothing(lab):
+    lab.complete()
+    lab.settle()
+    placed = dict(lab.layout.placed)
+    inodes = lab.inodes()
+    lab.director = lab.new_director()             # lvs-extension restarted
+    assert lab.layout.placed == placed
+    assert lab.director.served.real_server_count() == 20
+    lab.members[0].add(9)                         # the new svc0 member joins svc0's shard
+    lab.complete()
+    lab.settle()
+    after = lab.inodes()
+    assert [n for n in after if after[n] != inodes[n]] == [placed[(st.vip(0), 80, "TCP")]]
+
+
+def test_settings_refuse_a_reload_command_with_shards(tmp_path):
+    with pytest.raises(SettingsError, match="reload_command.*keepalived_shards"):
+        make_settings(str(tmp_path), keepalived_shards=2,
+                      reload_command="systemctl reload keepalived")
+
+
+def test_write_refuses_a_wrong_number_of_texts(tmp_path):
+    layout = ShardedKeepalived(os.path.join(str(tmp_path), "k.conf"), 2,
+                               pidfile=os.path.join(str(tmp_path), "k.pid"))
+    with pytest.raises(ValueError):
+        layout.write(("a", "b"))
+    with pytest.raises(HostError):
+        layout.vrrp.pidfile = os.path.join(str(tmp_path), "k.pid")
+        with open(layout.vrrp.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        layout.pending.add(0)
+        layout.reload()
+    assert layout.pending == {0}
