@@ -797,6 +797,10 @@ def load(given: Any = None, config_path: Optional[str] = None, *,
         raise SettingsError(key, _show_words(values["reload_command"]), "cannot be used "
                             "with keepalived_shards: each shard is reloaded on its own "
                             "(SIGHUP to the pid in its pid file)", source, line)
+    if values["keepalived_shards"] and values["mode"] == "bgp":
+        key, source, line = origin.get("keepalived_shards", ("keepalived_shards", None, None))
+        raise SettingsError(key, values["keepalived_shards"], "cannot be used with mode bgp "
+                            "(not supported together yet: use a single file)", source, line)
     if values["keepalived_shards"] and not values["keepalived_pidfile"]:
         raise SettingsError("keepalived_shards", values["keepalived_shards"], "needs "
                             "keepalived_pidfile: the shards' pid files are named after it")

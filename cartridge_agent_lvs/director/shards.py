@@ -193,6 +193,10 @@ class ShardedKeepalived:
             self.pending.discard(n)
         return signalled
 
+    def running(self) -> bool:
+        """Whether every instance (VRRP and each shard) is alive and runs its file."""
+        return all(part.running() for _, part in self.instances())
+
     # -- the files in place ---------------------------------------------------------
 
     def live_config(self) -> Optional[LvsConfig]:

@@ -158,7 +158,7 @@ def lab(tmp_path):
 
 def _settled_hups(lab, expected):
     for n, count in expected.items():
-        lab.fakes[n].expect(count, settle=0.05)
+        lab.fakes[n].expect(count)
 
 
 def test_first_apply_writes_every_file_valid_and_the_union_is_the_single_file(lab):
@@ -312,3 +312,16 @@ def test_write_refuses_a_wrong_number_of_texts(tmp_path):
         layout.pending.add(0)
         layout.reload()
     assert layout.pending == {0}
+
+
+def test_settings_refuse_shards_in_mode_bgp(tmp_path):
+    with pytest.raises(SettingsError, match="keepalived_shards=2: cannot be used with mode bgp"):
+        make_settings(str(tmp_path), keepalived_shards=2, mode="bgp", scheduler="mh",
+                      bgp_local_as="65001", bgp_router_id="10.0.0.11",
+                      bgp_peers="10.0.0.1 65000")
+
+
+def test_running_means_every_instance_runs(lab):
+    assert lab.layout.running() is True
+    lab.fakes[max(lab.fakes)].stop()               # one checker shard killed
+    assert lab.layout.running() is False
