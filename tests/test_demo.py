@@ -216,9 +216,33 @@ def test_the_fallback_for_real_on_this_host():
                                           ).stdout.split() if n.startswith("lvs-demo-")]
 
 
-def test_the_readme_starts_with_the_demo():
-    readme = (ROOT / "README.rst").read_text()
-    first = next(line.strip() for line in readme.split("Quick start", 1)[1].splitlines()
-                 if line.startswith("    "))
-    assert first == "scripts/bootstrap && scripts/demo"
-    assert os.access(ROOT / "scripts" / "demo", os.X_OK)
+
+def _fake_vng(tmp_path: Path) -> Path:
+    """A ``vng`` that, like the real one, runs its sibling ``virtme-run`` from PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vng").write_text("#!/bin/sh\nexec virtme-run \"$@\"\n")
+    (bin_dir / "virtme-run").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/pid\necho guest ran\nsleep 60\n")
+    for name in ("vng", "virtme-run"):
+        (bin_dir / name).chmod(0o755)
+    return bin_dir / "vng"
+
+
+def test_the_vm_is_killed_when_the_narration_is_interrupted(tmp_path, monkeypatch):
+    """Ctrl-C while the story is told (the narrator is the VM's limit): no VM is left."""
+    from tests.e2e import vm
+    from tests.e2e.kernel import Kernel
+    vng = _fake_vng(tmp_path)
+    monkeypatch.setattr(vm, "find_vng", lambda: str(vng))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")          # vng's folder is not on PATH
+
+    class Interrupted(host.Narrator):
+        def poll(self):
+            if (tmp_path / "pid").exists():
+                raise KeyboardInterrupt
+    narrator = Interrupted(tmp_path / "events.jsonl", host.Screen(io.StringIO()), hard_cap=30)
+    with pytest.raises(KeyboardInterrupt):
+        vm.boot(Kernel(tmp_path, "x"), ["true"], tmp_path, timeout=30, limit=narrator)
+    assert "guest ran" in (tmp_path / "vng.log").read_text()    # virtme-run found beside vng
+    pid = int((tmp_path / "pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
