@@ -187,11 +187,13 @@ class Demo:
                            "--netns", self.lab.ns(name), log="agent.log", timeout=pace.scaled(300),
                            # side by side with four others: a generous pace for the waits
                            pace_label="cartridge-agent-lvs apply")
-        link = self.lab.sh("ip", "-d", "-o", "addr", "show", "dev", "lvs0", ns=self.lab.ns(name)).stdout
+        addrs = self.lab.sh("ip", "-o", "addr", "show", "dev", "lvs0", ns=self.lab.ns(name)).stdout
+        link = self.lab.sh("ip", "-d", "-o", "link", "show", "dev", "lvs0", ns=self.lab.ns(name)).stdout
         sysctls = {k: self.lab.hosts[name].worker.call(L.read_sysctl, f"net.ipv4.conf.all.{k}")
                    for k in ("arp_ignore", "arp_announce")}
         self.events.emit("realserver", name=name, seconds=round(time.monotonic() - started, 1),
-                         output=proc.stdout.strip().splitlines(), vip_bound=f" {VIP}/32 " in link,
+                         output=proc.stdout.strip().splitlines(), vip_bound=f" {VIP}/32 " in addrs,
+                         dummy=" dummy " in link,
                          sysctls=sysctls)
 
     def start_extension(self, name: str) -> None:

@@ -76,7 +76,8 @@ def lines(event: dict) -> list:
                 "  The five commands start side by side: each is a Python start, 20-30 s under emulation."]
     if kind == "realserver":
         sysctls = " ".join(f"{k}={v}" for k, v in sorted(e["sysctls"].items()))
-        bound = "the VIP bound as /32 on the dummy link lvs0" if e["vip_bound"] else "the VIP NOT bound"
+        kind_of = "the dummy link" if e.get("dummy") else "the link (NOT a dummy)"
+        bound = f"the VIP bound as /32 on {kind_of} lvs0" if e["vip_bound"] else "the VIP NOT bound"
         return [f"  {e['name']} set up by cartridge-agent-lvs apply after {e['seconds']:.0f} s: {bound}, "
                 f"{sysctls} (it accepts packets for the VIP but never answers ARP for it)"]
     if kind == "director":

@@ -28,7 +28,7 @@ EVENTS = [
      "vip": "192.168.56.40", "topology": "deploy/examples/topology.json",
      "payload": "payload_samples/single-vip-netmask.launch-params"},
     {"kind": "realserver", "t": 30.0, "name": "member-1", "seconds": 29.6, "output": [],
-     "vip_bound": True, "sysctls": {"arp_ignore": "1", "arp_announce": "2"}},
+     "vip_bound": True, "dummy": True, "sysctls": {"arp_ignore": "1", "arp_announce": "2"}},
     {"kind": "director", "t": 31.0, "name": "dir2", "role": "BACKUP", "seconds": 30.4,
      "virtual_servers": 1, "real_servers": 2},
     {"kind": "serving", "t": 35.0, "master": "dir1", "vip": "192.168.56.40", "seconds": 34.9,

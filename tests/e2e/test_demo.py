@@ -68,7 +68,7 @@ def test_the_real_servers_were_set_up_by_the_plugin(demo_run):
     done = {e["name"]: e for e in events["realserver"]}
     assert sorted(done) == ["member-1", "member-2", "member-3"]
     for e in done.values():
-        assert e["vip_bound"] and e["sysctls"] == {"arp_ignore": "1", "arp_announce": "2"}, e
+        assert e["vip_bound"] and e["dummy"] and e["sysctls"] == {"arp_ignore": "1", "arp_announce": "2"}, e
     assert [e["role"] for e in sorted(events["director"], key=lambda e: e["name"])] == ["MASTER", "BACKUP"]
 
 
