@@ -187,6 +187,7 @@ def run_vm(kernel, screen: Screen, workdir: Path, hard_cap: float = HARD_CAP) ->
     for tree in ("cartridge_agent_lvs", "demo", "tests"):
         compileall.compile_dir(str(REPO / tree), quiet=2)
     narrator = Narrator(workdir / "events.jsonl", screen, hard_cap)
+    screen.line(story.VM_NOTE)
     screen.line(f"[{screen.elapsed():5.1f} s] Booting Debian kernel {kernel.version} in a VM "
                 "(QEMU, software emulation)")
     result = boot(kernel, [sys.executable, "-m", "demo.guest", str(workdir)], workdir,

@@ -7,12 +7,15 @@ never used LVS: every step says what happened and the numbers that show it.
 from __future__ import annotations
 
 INTRO = """\
-LVS (Linux Virtual Server) in one minute, inside a throwaway kernel VM.
+LVS (Linux Virtual Server), both halves of this project at work.
   A *director* owns a virtual IP (VIP) and hands every new connection to one of several
   *real servers*; they answer the client directly. Two directors share the VIP with VRRP:
   the MASTER serves, the BACKUP takes over if it dies. This project configures both sides:
-  real servers with `cartridge-agent-lvs apply`, directors with `lvs-extension run`.
-  Nothing on this machine's own network changes."""
+  real servers with `cartridge-agent-lvs apply`, directors with `lvs-extension run`."""
+
+#: said before the VM boots
+VM_NOTE = ("Everything below runs in a throwaway kernel VM: nothing on this machine's own "
+           "network changes.")
 
 #: the columns of `lvs-extension stats` shown (the packet and byte columns are cut)
 STATS_COLUMNS = 7
