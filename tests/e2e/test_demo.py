@@ -38,7 +38,8 @@ def demo_run(tmp_path_factory):
             pytest.fail(f"the demo's VM is required (LVS_E2E_REQUIRED) but {reason}", pytrace=False)
         pytest.skip(f"no guest can boot here: {reason}")
     base = os.environ.get("LVS_E2E_WORKDIR")
-    workdir = Path(base) / "demo" if base else tmp_path_factory.mktemp("demo")
+    # beside the suite's folder, which its fixture empties
+    workdir = Path(f"{base.rstrip('/')}-demo") if base else tmp_path_factory.mktemp("demo")
     started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "demo", "--keep", str(workdir)], cwd=REPO,
                           capture_output=True, text=True, timeout=1800)
