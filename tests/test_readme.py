@@ -121,7 +121,7 @@ def test_readme_command(number, line):
     words = [w for w in words if not re.match(r"^[A-Z_]+=", w)]      # VAR=value prefix
     program = _program(words[0])
     if first in NOT_RUN or words[0] in NOT_RUN or first.startswith("LVS_E2E"):
-        for path in re.findall(r"\b(deploy/[\w./-]+|plugins/[\w./-]+)", line):
+        for path in re.findall(r"\b(deploy/[\w./-]+|plugins/[\w./-]+|scripts/[\w.-]+)", line):
             assert (ROOT / path).exists(), f"README line {number}: {path} does not exist"
         return
     if words[0].startswith("/opt/cartridge-agent-lvs/bin/"):

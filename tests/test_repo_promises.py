@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,10 @@ def _readme_commands():
 
 def test_readme_gives_a_demo_and_a_test_command():
     commands = _readme_commands()
-    assert any("cartridge-agent-lvs demo" in c for c in commands), commands
+    # the first command: set up, and the main job on an embedded default (tests/test_demo.py,
+    # tests/e2e/test_demo.py)
+    assert commands[0] == "scripts/bootstrap && scripts/demo", commands
+    assert os.access(ROOT / "scripts" / "demo", os.X_OK)
     assert any("tox" in c for c in commands), commands
 
 

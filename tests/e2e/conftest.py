@@ -12,7 +12,8 @@ own timers are asserted unscaled (``test_e2e.py``).
 
 Environment:
     LVS_E2E_WORKDIR   keep the shared directory here (default: a pytest temp dir)
-    LVS_E2E_ONLY      comma-separated scenario letters to run (default: all)
+    LVS_E2E_ONLY      comma-separated scenario letters to run (default: all); "demo"
+                      alone runs only tests/e2e/test_demo.py (its own VM)
     LVS_E2E_TIMEOUT   hard cap on the VM's wall time in seconds, whatever the pace
                       (default 3600)
     LVS_E2E_CACHE     kernel cache directory (see kernel.py)
@@ -127,6 +128,8 @@ def _guest_run(workdir: Path) -> GuestRun:
             pytest.fail(f"end-to-end suite required (LVS_E2E_REQUIRED) but {message}",
                         pytrace=False)
         pytest.skip(f"end-to-end suite skipped, {message}")
+    if os.environ.get("LVS_E2E_ONLY", "").strip() == "demo":    # test_demo.py boots its own VM
+        pytest.skip("LVS_E2E_ONLY=demo: only the demo runs")
     hard_cap = float(os.environ.get("LVS_E2E_TIMEOUT", "3600"))
     command = [sys.executable, "-m", "tests.e2e.guest.runner", str(workdir),
                "--deadline", str(int(hard_cap - 60))]

@@ -125,8 +125,9 @@ def boot(kernel: Kernel, command: list[str], rwdir: Path, timeout: float,
     path: virtme-ng links its ``lib/modules/<version>`` into the guest, and the guest
     masks parts of the host tree (``/var/cache`` among them).
     """
+    vng = find_vng()
     argv = [
-        find_vng(), "--run", str(kernel.image), "--user", "root",
+        vng, "--run", str(kernel.image), "--user", "root",
         "--memory", memory, "--cpus", str(cpus),
         "--rodir", str(kernel.root), "--rwdir", str(rwdir),
         "--cwd", str(cwd or rwdir), "--verbose",
@@ -139,20 +140,28 @@ def boot(kernel: Kernel, command: list[str], rwdir: Path, timeout: float,
     console = rwdir / "vng.log"
     # vng runs qemu in the foreground; a new session lets the limit kill the whole tree.
     with open(console, "w") as out:
+        # vng runs its sibling scripts (virtme-run) from PATH: a virtualenv not activated
+        path = f"{Path(vng).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PATH": path})
         timed_out = False
-        while True:
-            try:
-                proc.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                limit.poll()
-                if limit.expired():
-                    os.killpg(proc.pid, 9)
-                    proc.wait()
-                    timed_out = True
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=1.0)
                     break
+                except subprocess.TimeoutExpired:
+                    limit.poll()
+                    if limit.expired():
+                        os.killpg(proc.pid, 9)
+                        proc.wait()
+                        timed_out = True
+                        break
+        except BaseException:       # Ctrl-C, or a poll that raised: no VM left behind
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
     output = console.read_text(errors="replace")
     return BootResult(proc.returncode, time.monotonic() - started, output, timed_out,
                       limit.describe())

@@ -21,9 +21,9 @@ class _Server(ThreadingHTTPServer):
         super().server_bind()
 
 
-def main(argv: list[str]) -> int:
-    name = argv[0]
-    port = int(argv[1]) if len(argv) > 1 else 80
+def make_server(name: str, port: int = 80) -> ThreadingHTTPServer:
+    """A server (bound, not yet serving) answering every GET with ``name``; bound in the
+    calling thread's network namespace."""
     body = f"{name}\n".encode()
 
     class Handler(BaseHTTPRequestHandler):
@@ -38,7 +38,13 @@ def main(argv: list[str]) -> int:
         def log_message(self, fmt: str, *args) -> None:
             pass  # thousands of requests; the runner records them itself
 
-    with _Server(("::", port), Handler) as server:
+    return _Server(("::", port), Handler)
+
+
+def main(argv: list[str]) -> int:
+    name = argv[0]
+    port = int(argv[1]) if len(argv) > 1 else 80
+    with make_server(name, port) as server:
         print(f"{name}: listening on [::]:{port}", flush=True)
         server.serve_forever()
     return 0

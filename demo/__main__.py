@@ -1,0 +1,7 @@
+"""``python -m demo``: see ``demo.host``."""
+
+import sys
+
+from demo.host import main
+
+sys.exit(main())
