@@ -16,7 +16,6 @@ each a Python start costing 20-30 s under emulation) start side by side.
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import os
 import re

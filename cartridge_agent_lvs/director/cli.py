@@ -34,7 +34,7 @@ from ..clikit import verb_parser
 from ..errors import HostError, InputError, LvsError, TopologyError
 from . import settings as settings_mod
 from .files import open_regular
-from .keepalived import Keepalived, ValidationError
+from .keepalived import ValidationError
 
 PROG = "lvs-extension"
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
-from .guard import Slot, real_server_slots
+from .guard import Slot
 from .model import LvsConfig
 from .stats import ServiceStats, _endpoint
 

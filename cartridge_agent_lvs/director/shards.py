@@ -38,7 +38,6 @@ from contextlib import ExitStack
 from dataclasses import replace
 from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
-from ..errors import HostError
 from .keepalived import Keepalived, _fsync_dir
 from .model import LvsConfig, VirtualServer
 from .render import parse_rendered, render_checkers, render_vrrp

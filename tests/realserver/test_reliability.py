@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from cartridge_agent_lvs.errors import HostError, PayloadError
+from cartridge_agent_lvs.errors import PayloadError
 from cartridge_agent_lvs.payload import lvs_request, parse_launch_params
 from cartridge_agent_lvs.realserver.cli import main
 from cartridge_agent_lvs.realserver.state import StateStore
