@@ -27,7 +27,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from demo.story import stats_conns
+from demo.story import stats_conns, stats_snapshots
 from tests.e2e.guest import lab as L
 from tests.e2e.guest import pace
 from tests.e2e.guest.httpd import make_server
@@ -45,6 +45,8 @@ DIRECTORS = {"dir1": ("MASTER", 150, "10.0.1.2"), "dir2": ("BACKUP", 100, "10.0.
 JOINING, LEAVING = "member-3", "member-2"
 #: the directors' timers: short, so that the story is short (the README's values)
 DELAY_LOOP, CONNECT_TIMEOUT, ADVERT_INT, DRAIN_SECONDS = 2, 1, 1, 3
+#: seconds between the readings of `lvs-extension stats --interval` on dir2
+STATS_INTERVAL = "0.5"
 MODULES = ("dummy", "ip_vs", "ip_vs_rr", "bridge", "veth")
 
 
@@ -222,7 +224,16 @@ class Demo:
                          real_servers=len(re.findall(r"^\s+real_server ", text, re.M)))
 
     # -- the story
+    def watch_stats(self) -> None:
+        """``lvs-extension stats --interval`` on dir2, started as the story begins: its
+        Python start (the long pole under emulation) overlaps the story, and the last step
+        reads the first snapshot taken after the traffic."""
+        self.stats_watch = self.lab.start("dir2-stats", [
+            *command("lvs-extension"), "stats", "--netns", self.lab.ns("dir2"),
+            "--interval", STATS_INTERVAL])
+
     def spread(self) -> None:
+        self.watch_stats()
         before = self.requests(20)
         self.events.emit("spread", requests=20, answers=before, served=self.served("dir1"))
         # Stratos reports the member Active (what its MemberActivatedEvent says)
@@ -270,6 +281,7 @@ class Demo:
             took = L.wait_for(lambda: self.holds_vip("dir2"), pace.scaled(20), 0.05,
                               "the BACKUP holds the VIP")[1]
             stream.wait_answered(20, since=killed, timeout=20, what="answers after the crash")
+        self.traffic_ended = time.time()
         gap, failed_in_gap = stream.longest_gap()
         after = collections.Counter(r.server for r in stream.results if r.server and r.start >= killed)
         first = min((r.end for r in stream.results if r.server and r.start >= killed), default=killed)
@@ -280,12 +292,22 @@ class Demo:
         self.after_crash = dict(after)
 
     def stats(self) -> None:
-        proc = self.lab.sh(*command("lvs-extension"), "stats", "--netns", self.lab.ns("dir2"),
-                           log="stats.log", timeout=pace.scaled(300))
+        log = self.lab.logdir / "dir2-stats.log"
+
+        def after_traffic():
+            if self.stats_watch.poll() is not None:
+                raise RuntimeError(f"lvs-extension stats exited ({self.stats_watch.returncode}): "
+                                   + " | ".join(log.read_text().splitlines()[-3:]))
+            return next((table for at, table in stats_snapshots(log.read_text())
+                         if at >= self.traffic_ended), None)
+        table, waited = L.wait_for(after_traffic, pace.scaled(300), 0.2,
+                                   "a stats snapshot read after the traffic")
+        self.lab.stop(self.stats_watch)
         by_ip = {ip: name for name, (ip, _) in self.members.items()}
-        conns = {by_ip.get(rip.rsplit(":", 1)[0], rip): n for rip, n in stats_conns(proc.stdout).items()}
-        self.events.emit("stats", director="dir2", output=proc.stdout.rstrip().splitlines(),
-                         conns=conns, client_answers=self.after_crash)
+        conns = {by_ip.get(rip.rsplit(":", 1)[0], rip): n for rip, n in stats_conns(table).items()}
+        self.events.emit("stats", director="dir2", output=table.rstrip().splitlines(),
+                         conns=conns, client_answers=self.after_crash, waited=round(waited, 1),
+                         interval=float(STATS_INTERVAL))
 
     def teardown(self) -> list:
         started = time.monotonic()

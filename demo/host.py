@@ -123,7 +123,7 @@ WAITING = {"guest": "building the lab", "lab": "5 Python starts under emulation"
            "realserver": "waiting for the others",
            "director": "waiting for the others", "serving": "sending requests",
            "spread": "sending requests", "joined": "sending requests",
-           "drained": "failing over", "failover": "running lvs-extension stats (a Python start)",
+           "drained": "failing over", "failover": "reading the counters (lvs-extension stats --interval, started with the story)",
            "stats": "tearing down", "teardown": "powering the VM off", "end": "powering the VM off"}
 
 

@@ -40,6 +40,23 @@ def stats_conns(text: str) -> dict:
     return found
 
 
+def stats_snapshots(text: str) -> list:
+    """The output of ``lvs-extension stats --interval`` -> ``[(epoch seconds, table), ...]``
+    for each snapshot known complete (one that a later one follows: the last may still be
+    being written). Lines before the first snapshot (the log's command line) are skipped."""
+    from datetime import datetime, timezone
+    found, at, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("--- "):
+            if at is not None:
+                found.append((at, "\n".join(lines)))
+            stamp = datetime.strptime(line[4:].strip(), "%Y-%m-%dT%H:%M:%S.%fZ")
+            at, lines = stamp.replace(tzinfo=timezone.utc).timestamp(), []
+        elif at is not None:
+            lines.append(line)
+    return found
+
+
 def _stats_table(output: list) -> list:
     """`lvs-extension stats` lines cut to their first columns (address ... Conns)."""
     rows = []
@@ -124,7 +141,9 @@ def lines(event: dict) -> list:
         agree = e["conns"] == e["client_answers"]
         verdict = ("exactly the answers the client got since the crash" if agree else
                    f"the client got {counts(e['client_answers'])}")
-        return (["", f"4. `lvs-extension stats` on {e['director']}: the kernel's counters, per real server"]
+        return (["", f"4. `lvs-extension stats` on {e['director']}: the kernel's counters, per real server",
+                 f"   (it has been reading them every {e['interval']:g} s since step 1; this is the first "
+                 "reading after the traffic)"]
                 + [f"   {row}" for row in _stats_table(e["output"])]
                 + [f"   {e['director']} counted {counts(e['conns'])} connections: {verdict}"])
     if kind == "teardown":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cartridge_agent_lvs.director.stats import DestStats, ServiceStats, format_table
+from cartridge_agent_lvs.director.stats import DestStats, ServiceStats, format_table, snapshot
 from demo import host, story
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,14 +85,27 @@ def test_stats_counters_are_read_from_the_products_table():
 ])
 def test_stats_step_compares_the_kernel_with_the_client(client, verdict):
     event = {"kind": "stats", "director": "dir2", "output": _stats_output().splitlines(),
-             "conns": {"member-1": 12, "member-3": 8}, "client_answers": client}
+             "conns": {"member-1": 12, "member-3": 8}, "client_answers": client, "interval": 0.5}
     out = story.lines(event)
     assert out[-1] == f"   dir2 counted member-1 12, member-3 8 connections: {verdict}"
     table = "\n".join(out)
     assert "192.168.56.40:80 rr" in table and "-> 10.0.1.13:80" in table
     row = next(line for line in out if "10.0.1.11:80" in line).split()
     assert row[-4:] == ["1", "1", "9", "12"]           # weight, active, inactive, conns
-    assert max(len(line) for line in out[2:-1]) <= 80   # the table: packets and bytes cut
+    assert "every 0.5 s since step 1" in out[2]
+    assert max(len(line) for line in out[3:-1]) <= 80   # the table: packets and bytes cut
+
+
+def test_stats_snapshots_are_split_and_the_last_one_waits_for_its_successor():
+    """``stats --interval`` output as the product writes it (its own ``snapshot``), after
+    the lab log's command line: each complete snapshot with its reading time."""
+    services = (ServiceStats("TCP", "192.168.56.40", 80, 0, "rr", 20, 60, 0, 3600, 0, ()),)
+    log = "$ lvs-extension stats --interval 0.5\n" + "\n".join(
+        snapshot(services, {}, at, as_json=False) for at in (1795714201.25, 1795714201.75, 1795714202.25))
+    found = story.stats_snapshots(log)
+    assert [at for at, _ in found] == [1795714201.25, 1795714201.75]
+    assert all("192.168.56.40:80 rr" in table and "--- " not in table for _, table in found)
+    assert story.stats_snapshots(log.rsplit("--- ", 1)[0]) == found[:1]
 
 
 def test_failure_and_teardown_are_told():

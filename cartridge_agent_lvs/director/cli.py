@@ -8,7 +8,8 @@ Verbs:
 ``run``      the long-running service (:mod:`.service`): follow a topology feed and
              keep keepalived in step.
 ``stats``    IPVS services and real servers with their counters (netlink), and the
-             in-flight connections per cluster.
+             in-flight connections per cluster; ``--interval`` repeats it (like
+             ``vmstat``), each snapshot stamped with the time it was read.
 ``status``   what the running service serves, read from its ``/status`` document
              (``metrics_listen``): per service the VIP, this director's VRRP role, the
              real servers in the kernel or not, the last apply and its outcome.
@@ -28,6 +29,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from typing import Optional, Sequence
 
 from ..clikit import verb_parser
@@ -71,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--topology", metavar="FILE",
                        help="topology to attribute real servers to clusters "
                        "(with --vip-map / --config)")
+    stats.add_argument("--interval", metavar="SECONDS", type=_positive(float),
+                       help="read again every SECONDS until interrupted, each snapshot "
+                       "headed by the UTC time it was read (with --json: one document "
+                       "per line, its time in \"time\")")
+    stats.add_argument("--count", metavar="N", type=_positive(int),
+                       help="with --interval: stop after N snapshots")
     settings_mod.add_arguments(stats)
     status = verbs.add_parser(
         "status", help="what the running service serves: per service the VIP, VRRP "
@@ -137,11 +145,36 @@ def _stats(args) -> int:
     if args.topology:
         from .plan import plan
         config = plan(settings_mod.load(args), read_topology(args.topology)).config
-    services = stats.read_ipvs(args.netns)
-    totals = stats.cluster_totals(services, config)
-    print(stats.to_json(services, totals) if args.json
-          else stats.format_table(services, totals))
-    return 0
+    if args.interval is None:
+        services = stats.read_ipvs(args.netns)
+        totals = stats.cluster_totals(services, config)
+        print(stats.to_json(services, totals) if args.json
+              else stats.format_table(services, totals))
+        return 0
+    shown = 0
+    while True:
+        read_at = time.time()
+        services = stats.read_ipvs(args.netns)
+        totals = stats.cluster_totals(services, config)
+        print(stats.snapshot(services, totals, read_at, args.json), flush=True)
+        shown += 1
+        if args.count is not None and shown >= args.count:
+            return 0
+        time.sleep(max(0.0, read_at + args.interval - time.time()))
+
+
+def _positive(kind):
+    """argparse type: a number of ``kind`` (float or int) greater than 0."""
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            noun = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {noun} greater than 0")
+        return value
+    return convert
 
 
 def _status(args) -> int:

@@ -14,6 +14,7 @@ import json
 import socket
 import struct
 from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import HostError
@@ -173,9 +174,28 @@ def cluster_totals(services: Tuple[ServiceStats, ...],
     return dict(sorted(totals.items()))
 
 
+def _document(services: Tuple[ServiceStats, ...], totals: Dict[str, int]) -> Dict[str, Any]:
+    return {"services": [asdict(s) for s in services], "clusters": totals}
+
+
 def to_json(services: Tuple[ServiceStats, ...], totals: Dict[str, int]) -> str:
-    return json.dumps({"services": [asdict(s) for s in services],
-                       "clusters": totals}, indent=2, sort_keys=True)
+    return json.dumps(_document(services, totals), indent=2, sort_keys=True)
+
+
+def snapshot(services: Tuple[ServiceStats, ...], totals: Dict[str, int], read_at: float,
+             as_json: bool) -> str:
+    """One reading of ``stats --interval``: a JSON line with its ``time`` (epoch seconds),
+    or the table under a ``--- <UTC time>`` line."""
+    if as_json:
+        return json.dumps({"time": round(read_at, 3), **_document(services, totals)},
+                          sort_keys=True)
+    return f"--- {stamp(read_at)}\n{format_table(services, totals)}"
+
+
+def stamp(epoch: float) -> str:
+    """``2026-11-26T17:30:01.123Z``: the header of a text snapshot."""
+    at = datetime.fromtimestamp(epoch, timezone.utc)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
 def format_table(services: Tuple[ServiceStats, ...], totals: Dict[str, int]) -> str:

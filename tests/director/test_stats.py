@@ -147,3 +147,43 @@ def test_cli_stats_attributes_clusters_from_a_topology(mocker, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     assert doc["clusters"] == {"tomcat.blue.domain": 5, "tomcat.shop.domain": 0}
+
+
+def test_cli_stats_interval_reads_again_each_snapshot_stamped(mocker, capsys):
+    """--interval N --count K: K fresh readings (a new socket each), each under the UTC
+    time it was read; the counters are the kernel's at that reading, not the first's."""
+    readings = [[(svc("192.168.56.40", 80), [dest("10.0.1.11", 80, active=n)])] for n in (1, 4)]
+    mocker.patch.object(stats, "GenlSocket", side_effect=[FakeGenl(t) for t in readings])
+    clock = iter([1795714201.5, 1795714201.6, 1795714202.0])
+    mocker.patch("cartridge_agent_lvs.director.cli.time.time", side_effect=lambda: next(clock))
+    slept = mocker.patch("cartridge_agent_lvs.director.cli.time.sleep")
+    assert main(["stats", "--interval", "0.5", "--count", "2"]) == 0
+    out = capsys.readouterr().out
+    first, second = out.split("--- ")[1:]
+    assert first.startswith("2026-11-26T17:30:01.500Z\n") and second.startswith("2026-11-26T17:30:02.000Z\n")
+    active = [int(block.splitlines()[3].split()[4]) for block in (first, second)]
+    assert active == [1, 4]
+    slept.assert_called_once_with(pytest.approx(0.4))     # the interval counts from the reading
+
+
+def test_cli_stats_interval_json_is_one_document_per_line(mocker, capsys):
+    mocker.patch.object(stats, "GenlSocket", side_effect=lambda netns: FakeGenl(
+        [(svc("192.168.56.40", 80), [dest("10.0.1.11", 80, active=2)])]))
+    mocker.patch("cartridge_agent_lvs.director.cli.time.sleep")
+    assert main(["stats", "--json", "--interval", "1", "--count", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    docs = [json.loads(line) for line in lines]
+    assert len(docs) == 3 and all(isinstance(d["time"], float) for d in docs)
+    assert [d["services"][0]["dests"][0]["active_conns"] for d in docs] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--interval", "0"], "'0' is not a number greater than 0"),
+    (["--interval", "soon"], "'soon' is not a number greater than 0"),
+    (["--interval", "1", "--count", "-1"], "'-1' is not a whole number greater than 0"),
+])
+def test_cli_stats_interval_refuses_what_is_not_a_positive_number(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["stats", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and named in err

@@ -131,6 +131,10 @@ def boot(kernel: Kernel, command: list[str], rwdir: Path, timeout: float,
         "--memory", memory, "--cpus", str(cpus),
         "--rodir", str(kernel.root), "--rwdir", str(rwdir),
         "--cwd", str(cwd or rwdir), "--verbose",
+        # the guest's root is 9p either way here: without this, virtme-ng first starts
+        # virtiofsd for each shared folder and waits for it (measured: 11.6 s before QEMU
+        # starts, 1.1 s with it), then falls back to 9p
+        "--force-9p",
         "--exec", shlex.join(command),
     ]
     if os.environ.get("LVS_E2E_KVM") != "1":
