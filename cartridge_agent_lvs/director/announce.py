@@ -80,6 +80,8 @@ class Announcer:
         return self._apply(frozenset(v for v, reason in decision.items() if reason is None))
 
     def health(self) -> Health:
+        if self.stopping:               # nothing else matters: withdraw without reading
+            return Health(True, False, False, None, frozenset(), False)
         set_ = False
         try:
             set_ = self.sysctls.apply()

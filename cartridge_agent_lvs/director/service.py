@@ -334,17 +334,24 @@ class Director:
         if self.announcer is not None:
             self.announcer.tick(now, self.served)
 
-    def stop_announcing(self, sleep: Callable[[float], None] = time.sleep) -> None:
-        """Mode bgp, on SIGTERM: withdraw every VIP, let the router move the flows
-        (``drain_seconds``), then put the host back as it was."""
+    def stop_announcing(self, then: Callable[[], None] = lambda: None,
+                        sleep: Callable[[float], None] = time.sleep) -> None:
+        """On SIGTERM. Mode bgp: withdraw every VIP first, run *then* (stop the feed),
+        let the router move the flows (``drain_seconds`` from the withdrawal), then put
+        the host back as it was. Mode vrrp: just *then*."""
         if self.announcer is None:
+            then()
             return
         try:
-            withdrawn = not self.announcer.withdraw_all(self.served)
-            log.info("stopping: %s; waiting drain_seconds=%gs before exiting",
-                     "every VIP withdrawn" if withdrawn else "BIRD could not be told to "
-                     "withdraw", self.settings.drain_seconds)
-            sleep(self.settings.drain_seconds)
+            try:
+                withdrawn = not self.announcer.withdraw_all(self.served)
+                withdrawn_at = time.monotonic()
+                log.info("stopping: %s; waiting drain_seconds=%gs before exiting",
+                         "every VIP withdrawn" if withdrawn else "BIRD could not be told "
+                         "to withdraw", self.settings.drain_seconds)
+            finally:
+                then()
+            sleep(max(0.0, withdrawn_at + self.settings.drain_seconds - time.monotonic()))
         finally:
             self.announcer.close()
 
@@ -536,8 +543,9 @@ def run(settings, stop: Optional[threading.Event] = None, *,
             try:
                 _loop(director, feed, updates, stop, signals, clock)
             finally:
-                feed.stop()
-                director.stop_announcing()
+                # mode bgp: the routers hear the withdrawal before anything else is
+                # shut down (a feed can take a while to stop)
+                director.stop_announcing(feed.stop)
     finally:
         director.watcher.stop()
         if server is not None:

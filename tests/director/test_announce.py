@@ -213,8 +213,9 @@ def test_bird_refusing_a_file_keeps_the_last_one(tmp_path):
 def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(netns, tmp_path,
                                                                                 run_dir):
     """``lvs-extension run`` in mode bgp with a real BIRD: it announces once keepalived
-    runs and IPVS has the real servers; stopping withdraws at once, waits drain_seconds
-    and puts lo and the sysctls back."""
+    runs and IPVS has the real servers; stopping withdraws at once -- before the feed
+    stops, which may take a while -- waits drain_seconds and puts lo and the sysctls
+    back."""
     import json
     import threading
     from cartridge_agent_lvs.director import service
@@ -238,9 +239,18 @@ def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(n
     bird = Bird(settings.bird_conf, settings.bird_socket)
     bird.write(bgp.render_bird(bgp.speaker_of(settings), ()))
     daemon = Daemon(netns, settings.bird_conf, run_dir, "d")
+    feed, feed_stop, at_feed_stop = service.build_feed(settings), [], []
+    slow_stop = 1.0
+
+    def stop_feed():                            # e.g. an MQTT feed's disconnect
+        at_feed_stop.append(exported())
+        time.sleep(slow_stop)
+        feed_stop[0]()
+    feed_stop.append(feed.stop)
+    feed.stop = stop_feed
     stop, result = threading.Event(), []
     thread = threading.Thread(target=lambda: result.append(
-        service.run(settings, stop, director=director)), daemon=True)
+        service.run(settings, stop, director=director, feed=feed)), daemon=True)
     try:
         thread.start()
 
@@ -265,7 +275,9 @@ def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(n
         assert thread.is_alive()                    # ... and still waiting the drain
         thread.join(10)
         assert result == [0]
-        assert time.monotonic() - stopped >= settings.drain_seconds
+        assert at_feed_stop == [False]              # withdrawn before the feed stopped
+        # the drain ran while the feed stopped, not after it
+        assert settings.drain_seconds <= time.monotonic() - stopped < settings.drain_seconds + slow_stop
         assert f"{VIP}/32" not in addresses(netns)["lo"]
         assert (sysroot / "net/ipv4/vs/sloppy_tcp").read_text() == "0"
         assert "route " not in open(settings.bird_conf).read()   # a restart stays withdrawn

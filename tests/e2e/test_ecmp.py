@@ -4,6 +4,12 @@ k, n, l, m of ``guest/ecmp.py``, in the same VM boot as the VRRP pair's scenario
 Timers in the guest: BFD 200 ms x 3 on both ends, announce_interval 0.2 s,
 drain_seconds 2 s. As in ``test_e2e.py`` the product's timers are asserted as
 configured and only the processing allowance is multiplied by the guest's pace factor.
+
+Detection and withdrawal are timed from the moment the victim's link went down (an
+ioctl from the guest's runner, no process start) or the SIGTERM, to the router's
+kernel route change, seen by an rtnetlink listener in the
+router's namespace (``guest/ecmp.py`` ``RouteWatch``), not by polling ``ip route``:
+a poll in the loaded guest costs an ``ip netns exec`` each time.
 """
 
 from __future__ import annotations

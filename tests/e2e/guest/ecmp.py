@@ -12,6 +12,12 @@ main lab's bridge, after the main scenarios:
 * three of the main lab's real servers that hold the VIP (set up by ``cartridge-agent-lvs
   apply`` in the main setup), with a route back to the client's network via the router.
 
+BIRD runs SCHED_FIFO (``REALTIME``): in the emulated guest, with the lab's other work at
+normal priority, a BFD thread that waits for the CPU longer than 3 x 200 ms declares
+every session down at once (seen: 98 expiries, BGP never converged, in a run without it).
+A probe process at each priority logs how late its 20 ms sleeps wake
+(``logs/guest-stalls*.log``); scenarios l and m note the stalls around their event.
+
 The real servers answer HTTP/1.1 keep-alive, so a long-lived connection is one TCP
 connection carrying a request every 0.2 s; every answer names its real server.
 """
@@ -19,10 +25,14 @@ connection carrying a request every 0.2 s; every answer names its real server.
 from __future__ import annotations
 
 import collections
+import fcntl
 import json
 import os
+import re
 import signal
 import socket
+import struct
+import sys
 import threading
 import time
 
@@ -44,6 +54,25 @@ ECMP_BUDGETS = {"k": 420, "n": 120, "l": 120, "m": 120}
 ECMP_ORDER = "knlm"
 
 
+#: a separate process that sleeps STALL_TICK s in a loop and prints (monotonic time, late by)
+#: whenever it woke more than STALL_REPORT s late: the guest did not run it for that long
+STALL_TICK, STALL_REPORT = 0.02, 0.1
+STALL_PROBE = f"""
+import sys, time
+last = time.monotonic()
+while True:
+    time.sleep({STALL_TICK})
+    now = time.monotonic()
+    if now - last - {STALL_TICK} > {STALL_REPORT}:
+        print(f"{{now:.3f}} {{now - last - {STALL_TICK}:.3f}}", flush=True)
+    last = now
+"""
+
+
+#: BIRD runs SCHED_FIFO in the guest so that the lab's other work cannot delay BFD
+REALTIME = ["chrt", "-f", "10"]
+
+
 def _route_nexthops(text: str) -> set:
     """``ip -j route show PREFIX`` -> the set of gateways (one route or multipath)."""
     found = set()
@@ -53,6 +82,117 @@ def _route_nexthops(text: str) -> set:
         for hop in route.get("nexthops", ()):
             found.add(hop["gateway"])
     return found
+
+
+def link_down(ifname: str) -> None:
+    """``ip link set IFNAME down`` in the calling thread's namespace, by ioctl."""
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", ifname.encode(), 0)
+        flags = struct.unpack_from("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH22x", ifname.encode(), flags & ~IFF_UP))
+
+
+def _clock(wall: float) -> str:
+    """HH:MM:SS.mmm of a time.time(), to compare with BIRD's log."""
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f"{wall % 1:.3f}"[1:]
+
+
+def _attrs(data: bytes) -> dict:
+    """rtnetlink attributes (type -> payload) of one message body."""
+    found, offset = {}, 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            break
+        found[kind & 0x3fff] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def _route(body: bytes) -> tuple:
+    """An IPv4 RTM_*ROUTE body -> (destination, prefix length, table, gateways)."""
+    RTA_DST, RTA_GATEWAY, RTA_MULTIPATH, RTA_TABLE = 1, 5, 9, 15
+    family, dst_len, _, _, table = struct.unpack_from("=BBBBB", body)
+    attrs = _attrs(body[12:])
+    if family != socket.AF_INET:
+        return (None, None, None, ())
+    table = struct.unpack("=I", attrs[RTA_TABLE])[0] if RTA_TABLE in attrs else table
+    dst = socket.inet_ntoa(attrs[RTA_DST]) if RTA_DST in attrs else "0.0.0.0"
+    gateways = {socket.inet_ntoa(attrs[RTA_GATEWAY])} if RTA_GATEWAY in attrs else set()
+    hops, offset = attrs.get(RTA_MULTIPATH, b""), 0
+    while offset + 8 <= len(hops):              # struct rtnexthop, then its attributes
+        length = struct.unpack_from("=H", hops, offset)[0]
+        nested = _attrs(hops[offset + 8:offset + length])
+        if RTA_GATEWAY in nested:
+            gateways.add(socket.inet_ntoa(nested[RTA_GATEWAY]))
+        offset += max(8, (length + 3) & ~3)
+    return (dst, dst_len, table, gateways)
+
+
+class RouteWatch:
+    """The router's kernel routes to ``prefix`` (main table) as they change: a thread in
+    namespace ``ns`` on an rtnetlink socket (group RTMGRP_IPV4_ROUTE) records
+    ``(time.monotonic(), next hops)`` per RTM_NEWROUTE / RTM_DELROUTE (a deletion: no
+    next hop). Event-driven, so what it reports does not depend on a polling period."""
+
+    GROUP, NEW, DEL, MAIN = 0x40, 24, 25, 254
+
+    def __init__(self, ns: str, prefix: str):
+        self.ns = ns
+        self.dst, length = prefix.split("/")
+        self.dst_len = int(length)
+        self.events: list = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "RouteWatch":
+        self._thread.start()
+        if not self._ready.wait(pace.scaled(10)):
+            raise TimeoutError("the route watch did not start")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+    def _run(self) -> None:
+        L.enter_netns(self.ns)
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+            sock.bind((0, self.GROUP))
+            sock.settimeout(0.2)
+            self._ready.set()
+            while not self._stop.is_set():
+                try:
+                    data = sock.recv(1 << 16)
+                except socket.timeout:
+                    continue
+                now, offset = time.monotonic(), 0
+                while offset + 16 <= len(data):
+                    length, kind = struct.unpack_from("=IH", data, offset)
+                    if kind in (self.NEW, self.DEL):
+                        route = _route(data[offset + 16:offset + length])
+                        if route[:3] == (self.dst, self.dst_len, self.MAIN):
+                            self.events.append((now, frozenset(route[3] if kind == self.NEW else ())))
+                    offset += max(16, (length + 3) & ~3)
+
+    def reached(self, want: set, since: float) -> float | None:
+        """Seconds from ``since`` to the first change at or after it that left exactly
+        ``want`` as next hops; None if none did."""
+        for at, hops in list(self.events):
+            if at >= since and hops == want:
+                return at - since
+        return None
+
+    def wait(self, want: set, since: float, timeout: float) -> float:
+        """:meth:`reached`, waiting up to ``timeout`` s for it; TimeoutError if not."""
+        L.wait_for(lambda: self.reached(want, since) is not None, timeout, 0.01,
+                   f"the route watch: {self.dst} via {sorted(want)}")
+        return self.reached(want, since)
+
+    def history(self, since: float) -> list:
+        return [(round(at - since, 3), sorted(hops)) for at, hops in list(self.events) if at >= since - 1]
 
 
 class LongLived:
@@ -164,12 +304,14 @@ class EcmpScenarios:
                 "--announce-interval", ANNOUNCE_INTERVAL, "--topology-file", path,
                 *self.timing_flags()], ns=lab.ns(name))}
         self.start_router_bird()
+        self.lab.start("guest-stalls", [sys.executable, "-c", STALL_PROBE])
+        self.lab.start("guest-stalls-rt", [*REALTIME, sys.executable, "-c", STALL_PROBE])
         for name in EDIRS:
             d = self.workdir / name
             for f in ("keepalived.conf", "bird.conf"):
                 L.wait_for((d / f).exists, pace.scaled(90), 0.1, f"{name}: lvs-extension writes {f}")
             self.ecmp_procs[name]["bird"] = lab.start(f"{name}-bird", [
-                "bird", "-f", "-c", d / "bird.conf", "-s", f"/run/e2e-{name}-bird.ctl",
+                *REALTIME, "bird", "-f", "-c", d / "bird.conf", "-s", f"/run/e2e-{name}-bird.ctl",
                 "-P", f"/run/e2e-{name}-bird.pid"], ns=lab.ns(name))
             self.ecmp_procs[name]["keepalived"] = lab.start(f"{name}-keepalived", [
                 "keepalived", "-n", "-l", "-D", "-f", d / "keepalived.conf", "-p", d / "keepalived.pid",
@@ -216,6 +358,7 @@ class EcmpScenarios:
         interval = f"{BFD_INTERVAL_MS} ms"
         conf.write_text("\n".join([
             f"router id {ROUTER};", f'log "{self.lab.logdir / "rtr-bird-daemon.log"}" all;',
+            "debug protocols { states, routes, events };",
             "protocol device {", "}",
             "protocol kernel {", "    ipv4 { import none; export all; };", "    merge paths on;", "}",
             "protocol bfd {", f'    interface "eth0" {{ min rx interval {interval}; min tx interval {interval};'
@@ -224,7 +367,7 @@ class EcmpScenarios:
             "    bfd on;", "    ipv4 { import all; export none; };", "}",
             *[f"protocol bgp {n} from directors {{ neighbor {a} as {DIRECTOR_AS}; }}" for n, a in EDIRS.items()],
             ""]))
-        self.lab.start("rtr-bird", ["bird", "-f", "-c", conf, "-s", "/run/e2e-ertr-bird.ctl",
+        self.lab.start("rtr-bird", [*REALTIME, "bird", "-f", "-c", conf, "-s", "/run/e2e-ertr-bird.ctl",
                                     "-P", "/run/e2e-ertr-bird.pid"], ns=self.lab.ns("ertr"))
 
     # ------------------------------------------------------------------ observation
@@ -259,9 +402,23 @@ class EcmpScenarios:
             found[port] = chosen[0] if len(chosen) == 1 else ("ambiguous" if chosen else "none")
         return found
 
-    def kill_director(self, name: str) -> None:
-        """A crash: the director's link goes down, then all its processes get SIGKILL."""
-        self.lab.sh("ip", "link", "set", f"v-{name}", "down")
+    def stalls(self, start: float, end: float, probe: str = "guest-stalls") -> list:
+        """Guest stalls seen by the probe between two monotonic times: (at, seconds)."""
+        found = []
+        for line in (self.lab.logdir / f"{probe}.log").read_text().splitlines():
+            if not re.fullmatch(r"[0-9.]+ [0-9.]+", line):
+                continue                    # the command line the log starts with
+            at, late = map(float, line.split())
+            if start <= at <= end:
+                found.append((round(at - start, 3), late))
+        return found
+
+    def kill_director(self, name: str) -> tuple:
+        """A crash: the director's link goes down, then all its processes get SIGKILL,
+        both from this process (no process start in between). Returns the monotonic
+        and the wall time at which the link went down."""
+        link_down(f"v-{name}")
+        down = time.monotonic(), time.time()
         pids = [self.ecmp_procs[name][p].pid for p in ("lvs-extension", "bird")]
         # keepalived without VRRP runs no VRRP child: no vrrp.pid
         pids += [int(f.read_text()) for f in (self.workdir / name).glob("*.pid")
@@ -271,6 +428,7 @@ class EcmpScenarios:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        return down
 
     def alive_directors(self) -> dict:
         hops = self.nexthops()
@@ -361,15 +519,25 @@ class EcmpScenarios:
         with LongLived(self.lab.ns("eclient"), VIP4, PORT, LONG_LIVED, timeout=pace.scaled(5.0)) as conns:
             L.wait_for(conns.all_answered, pace.scaled(30), 0.1, "every long-lived connection answered")
             placed = self.director_of_ports([c["port"] for c in conns.conns])
+            for command in ("show bfd sessions", "show protocols all"):
+                s.note(f"{victim} birdc {command}:\n" + self.lab.sh(
+                    "birdc", "-s", f"/run/e2e-{victim}-bird.ctl", *command.split(), check=False,
+                    ns=self.lab.ns(victim)).stdout)
             per_director = collections.Counter(placed.values())
             s.note(f"long-lived connections per director before the kill: {dict(per_director)}")
             with L.RequestStream(self.host("eclient").worker, VIP4, interval=0.05,
                                  timeout=pace.scaled(3.0)) as stream:
                 self.wait_stream(s, stream, 20)
-                killed = time.monotonic()
-                self.kill_director(victim)
-                detection = self.wait_nexthops({a for n, a in EDIRS.items() if n != victim}, 30)
+                survivors = {a for n, a in EDIRS.items() if n != victim}
+                with RouteWatch(self.lab.ns("ertr"), f"{VIP4}/32") as watch:
+                    killed, killed_wall = self.kill_director(victim)
+                    detection = watch.wait(survivors, killed, pace.scaled(30))
                 s.measure("detection_seconds", detection)
+                s.note(f"link down at {_clock(killed_wall)}; the router's routes since (s, next hops): "
+                       f"{watch.history(killed)}")
+                for probe in ("guest-stalls", "guest-stalls-rt"):
+                    s.note(f"{probe} from 2 s before the link went down on (s after it, s): "
+                           f"{self.stalls(killed - 2, time.monotonic(), probe)}")
                 settle = time.monotonic()
                 self.wait_stream(s, stream, 40, since=settle, timeout=30)
                 L.wait_for(lambda: conns.all_answered(time.monotonic() - 0.5), pace.scaled(15), 0.1,
@@ -408,10 +576,17 @@ class EcmpScenarios:
             with L.RequestStream(self.host("eclient").worker, VIP4, interval=0.05,
                                  timeout=pace.scaled(3.0)) as stream:
                 self.wait_stream(s, stream, 20)
-                signalled = time.monotonic()
-                proc.send_signal(signal.SIGTERM)
-                took = self.wait_nexthops({a for n, a in alive.items() if n != victim}, 30)
-                s.measure("withdraw_seconds", took)
+                survivors = {a for n, a in alive.items() if n != victim}
+                with RouteWatch(self.lab.ns("ertr"), f"{VIP4}/32") as watch:
+                    signalled, signalled_wall = time.monotonic(), time.time()
+                    proc.send_signal(signal.SIGTERM)
+                    withdrawal = watch.wait(survivors, signalled, pace.scaled(30))
+                s.measure("withdraw_seconds", withdrawal)
+                s.note(f"SIGTERM at {_clock(signalled_wall)}; the router's routes since (s, next hops): "
+                       f"{watch.history(signalled)}")
+                for probe in ("guest-stalls", "guest-stalls-rt"):
+                    s.note(f"{probe} from 2 s before SIGTERM on (s after it, s): "
+                           f"{self.stalls(signalled - 2, time.monotonic(), probe)}")
                 code = proc.wait(pace.scaled(30))
                 s.measure("exit_seconds", time.monotonic() - signalled)
                 s.measure("exit_code", code)
