@@ -41,16 +41,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVICES = 10
 
-
-def _q(values, p):
-    values = sorted(values)
-    k = min(len(values) - 1, max(0, int(round(p / 100 * len(values) + 0.5)) - 1))
-    return values[k]
-
-
-def summary(values) -> dict:
-    return {"n": len(values), "median": round(statistics.median(values), 4),
-            "p99": round(_q(values, 99), 4), "max": round(max(values), 4)}
+from bench_shards import layout_arguments, summary  # noqa: E402  (this script's folder is on sys.path)
 
 
 class _Stages:
@@ -186,11 +177,7 @@ def report(rows) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
-                        default=[1000, 4000, 10000])
-    parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--shards", type=int, default=10)
-    parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"])
+    layout_arguments(parser)
     parser.add_argument("--drain", action="store_true", help="drain_seconds 600")
     parser.add_argument("--before", metavar="REV", help="also measure the code at REV")
     parser.add_argument("--stages", action="store_true")

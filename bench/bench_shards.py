@@ -429,18 +429,23 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sizes, --events, --shards, --layouts (also ``bench_pipeline.py``'s)."""
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
                         default=[1000, 4000, 10000])
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--single-events-at-10000", type=int, default=5,
-                        help="member events for the single file at >= 10,000 (37 s each)")
     parser.add_argument("--shards", type=int, default=10)
-    parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
-    parser.add_argument("--drain-events", type=int, default=6)
     parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
                         help="single,sharded (default both, side by side)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    layout_arguments(parser)
+    parser.add_argument("--single-events-at-10000", type=int, default=5,
+                        help="member events for the single file at >= 10,000 (37 s each)")
+    parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
+    parser.add_argument("--drain-events", type=int, default=6)
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE")

@@ -7,6 +7,12 @@ runs the pipeline::
 
     plan -> mass-removal guard -> drain -> render -> keepalived -t, write, SIGHUP
 
+Each step's work is proportional to what changed, not to the whole topology: the
+plan of each service is kept (:class:`PlanCache`) until its topology entry changes,
+an unchanged service keeps its very :class:`~.model.VirtualServer` objects, and the
+guard, the drain and the sharded layout (:mod:`.shards`: only the files whose text
+changed are validated and written) skip those at the cost of a look-up.
+
 Rules the loop keeps:
 
 * nothing is written before the first complete topology (events before it are

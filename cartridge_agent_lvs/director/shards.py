@@ -12,7 +12,11 @@ only what it touches:
   it (``keepalived.shard-01.conf`` ...), each run by its own ``keepalived -C``
   (checkers only) with the pid file ``<pidfile>.shard-NN.pid``;
 * a file is validated (``keepalived -t``), written atomically and its instance sent
-  SIGHUP only when its own text changed -- the other instances keep checking.
+  SIGHUP only when its own text changed -- the other instances keep checking;
+* per event, only the shards whose part of the configuration changed are rendered
+  (each shard's text is kept with the part it was rendered from), and only the files
+  whose text differs from what this object last wrote there are read back and
+  compared (all of them when the service is forced, e.g. on its SIGHUP).
 
 Assignment (:func:`assign`) is sticky: a virtual server stays in the shard it was
 first given for the life of the process, and across restarts as long as the shard

@@ -141,6 +141,17 @@ class Lab:
     def inodes(self):
         return {n: os.stat(self.text_path(n)).st_ino for n in range(SHARDS + 1)}
 
+    def step(self, name, s, i):
+        """One member event, settled; the files it replaced."""
+        before = self.inodes()
+        self.event(name, s, i)
+        self.settle()
+        return self.rewritten(before)
+
+    def rewritten(self, before):
+        """The files replaced since *before* (:meth:`inodes`), by instance number."""
+        return [n for n, ino in self.inodes().items() if ino != before[n]]
+
     def text_path(self, n):
         return self.layout.conf_path if n == 0 else shard_conf(self.layout.conf_path, n)
 
@@ -182,12 +193,8 @@ def test_first_apply_writes_every_file_valid_and_the_union_is_the_single_file(la
 def test_a_member_event_rewrites_and_reloads_only_its_own_shard(lab):
     lab.complete()
     lab.settle()
-    before = lab.inodes()
     shard = lab.shard_of(2)
-    lab.event("MemberSuspendedEvent", 2, 1)
-    lab.settle()
-    after = lab.inodes()
-    assert [n for n in after if after[n] != before[n]] == [shard]
+    assert lab.step("MemberSuspendedEvent", 2, 1) == [shard]
     _settled_hups(lab, {n: 2 if n == shard else 1 for n in range(SHARDS + 1)})
     assert st.member_ip(2, 1) not in lab.text(shard)
 
@@ -290,8 +297,7 @@ def test_a_restart_keeps_the_placement_from_the_files_and_writes_nothing(lab):
     lab.members[0].add(9)                         # the new svc0 member joins svc0's shard
     lab.complete()
     lab.settle()
-    after = lab.inodes()
-    assert [n for n in after if after[n] != inodes[n]] == [placed[(st.vip(0), 80, "TCP")]]
+    assert lab.rewritten(inodes) == [placed[(st.vip(0), 80, "TCP")]]
 
 
 def test_settings_refuse_a_reload_command_with_shards(tmp_path):
@@ -357,13 +363,9 @@ def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
         lab.complete()
         lab.settle()
         assert len(_calls(log)) == SHARDS + 1          # the first apply: every file
-        before = lab.inodes()
-        lab.event("MemberSuspendedEvent", 1, 2)
-        lab.settle()
+        assert lab.step("MemberSuspendedEvent", 1, 2) == [lab.shard_of(1)]
         calls = _calls(log)[SHARDS + 1:]
         assert len(calls) == 1 and calls[0].startswith("-t -f ")   # one keepalived -t
-        after = lab.inodes()
-        assert [n for n in after if after[n] != before[n]] == [lab.shard_of(1)]
     finally:
         lab.stop()
 
@@ -376,17 +378,14 @@ def test_a_drain_rewrites_only_its_own_shard_from_start_to_end(tmp_path):
         lab.members = {s: set(range(12)) for s in SERVICES}
         lab.complete()
         lab.settle()
-        before = lab.inodes()
         shard = lab.shard_of(3)
-        lab.event("MemberSuspendedEvent", 3, 4)
-        lab.settle()
+        assert lab.step("MemberSuspendedEvent", 3, 4) == [shard]
         assert {ip: int(w) for ip, _, w in RS_RE.findall(lab.text(shard))}[
             st.member_ip(3, 4)] == 0
         after = lab.inodes()
-        assert [n for n in after if after[n] != before[n]] == [shard]
         lab.settle(5)
         assert st.member_ip(3, 4) not in lab.text(shard)
-        assert [n for n, ino in lab.inodes().items() if ino != after[n]] == [shard]
+        assert lab.rewritten(after) == [shard]
         _settled_hups(lab, {n: 3 if n == shard else 1 for n in range(SHARDS + 1)})
     finally:
         lab.stop()
