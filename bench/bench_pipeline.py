@@ -200,8 +200,7 @@ def main() -> int:
     rows = []
     try:
         for size in args.sizes:
-            for shards in [n for n, name in ((0, "single"), (args.shards, "sharded"))
-                           if name in args.layouts]:
+            for shards in [{"single": 0, "sharded": args.shards}[name] for name in args.layouts]:
                 for code, root in roots:
                     row = dict(_inner(root, args, size, shards), code=code)
                     rows.append(row)

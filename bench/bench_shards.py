@@ -348,8 +348,7 @@ def inner(args) -> dict:
     empty = empty_shard_then_filled()
     print(f"  empty shard, then filled: {empty}", flush=True)
     for size in args.sizes:
-        for shards in [n for n, name in ((0, "single"), (args.shards, "sharded"))
-                       if name in args.layouts]:
+        for shards in [{"single": 0, "sharded": args.shards}[name] for name in args.layouts]:
             events = args.events
             if shards == 0 and size >= 10000 and args.single_events_at_10000:
                 events = args.single_events_at_10000
@@ -436,7 +435,7 @@ def layout_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--shards", type=int, default=10)
     parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
-                        help="single,sharded (default both, side by side)")
+                        help="single,sharded (default both, side by side, in this order)")
 
 
 def main() -> int:
