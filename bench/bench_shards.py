@@ -18,6 +18,12 @@ each clock when IPVS itself (generic netlink, read by this process) shows the ch
   leaves the host) at the moment another service's member event is applied; the
   time until keepalived's health check removes it from IPVS.
 
+The observer is kept light: after a member event IPVS is read only once the loop has
+sent its SIGHUP, and only the virtual service concerned (the service list, then its
+real servers -- not the whole table, whose decoding in Python costs seconds at 10,000
+real servers in the emulated guest).  The loop is driven by hand: the convergence
+watcher's thread is not started.
+
 The sizes use 10 services of N/10 real servers (as in issue 14), plus the probe; the
 real servers are addresses of a local route in the namespace, accepted by one
 listener, so every TCP_CHECK succeeds (``delay_loop`` 30 s, ``connect_timeout`` 3 s
@@ -92,6 +98,26 @@ class Listener(threading.Thread):
                 return
 
 
+def read_service(vip: str) -> list:
+    """The IPVS service *vip*:80/TCP with its real servers ([] when absent), read with
+    the product's generic netlink code: the service list, then that one's real
+    servers."""
+    from cartridge_agent_lvs.director.ipvs_netlink import GenlSocket, IpvsDump
+    from cartridge_agent_lvs.director.stats import dest_from_attrs, service_from_attrs
+    sock = GenlSocket(None)
+    try:
+        ipvs = IpvsDump(sock)
+        for attrs in ipvs.services():
+            found = service_from_attrs(attrs)
+            if found.address == vip and found.port == PORT and found.protocol == "TCP":
+                family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+                return [replace(found, dests=tuple(dest_from_attrs(d, family)
+                                                   for d in ipvs.dests(attrs)))]
+        return []
+    finally:
+        sock.close()
+
+
 class Run:
     """One size and one layout: keepalived instance(s), the Director, the events."""
 
@@ -124,9 +150,13 @@ class Run:
         return self.st.topology(members, inactive={s: sorted(v) for s, v in
                                                    self.inactive.items()})
 
-    def pump(self, until, timeout: float, what: str, start: float = 0.0) -> float:
+    def pump(self, until, timeout: float, what: str, start: float = 0.0,
+             vip: str = "", after_reload: bool = False) -> float:
         """Tick the loop and poll IPVS until ``until(kernel)``; seconds since *start*
-        (default: now)."""
+        (default: now).  With *vip* only that virtual service is read (one service's
+        real servers, not the whole table: the observer must not slow the guest down);
+        with *after_reload* IPVS is read only once the loop has sent its SIGHUP (it
+        cannot show the change before)."""
         from cartridge_agent_lvs.director.stats import read_ipvs
         start = start or time.monotonic()
         reloads, self.signalled = self.director.reloads, None
@@ -135,7 +165,8 @@ class Run:
             self.director.tick(now)
             if self.signalled is None and self.director.reloads > reloads:
                 self.signalled = time.monotonic() - start     # validated, written, SIGHUP
-            if until(read_ipvs()):
+            if not (after_reload and self.signalled is None) and until(
+                    read_service(vip) if vip else read_ipvs()):
                 return time.monotonic() - start
             if now - start > timeout:
                 raise TimeoutError(f"{what}: not seen in IPVS within {timeout:g} s")
@@ -196,7 +227,8 @@ class Run:
             return False
         t0 = time.monotonic()
         self.director.handle(FeedUpdate(name, self.st.member_event(s, i), "bench"), t0)
-        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0)
+        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0, vip=vip,
+                         after_reload=True)
 
     def probe(self, s: int, i: int) -> dict:
         """Kill a probe real server while member i of service s changes."""
@@ -213,7 +245,7 @@ class Run:
         def removed(kernel):
             svc = next((x for x in kernel if x.address == vip and x.port == PORT), None)
             return svc is not None and all(d.address != dead for d in svc.dests)
-        seconds = self.pump(removed, 900, "dead probe real server", killed)
+        seconds = self.pump(removed, 900, "dead probe real server", killed, vip=vip)
         subprocess.run(["ip", "addr", "add", f"{dead}/32", "dev", "lo"], check=True)
         return {"removed_after": round(seconds, 3), "apply_seconds": round(killed - t0, 3)}
 
@@ -316,8 +348,7 @@ def inner(args) -> dict:
     empty = empty_shard_then_filled()
     print(f"  empty shard, then filled: {empty}", flush=True)
     for size in args.sizes:
-        for shards in [n for n, name in ((0, "single"), (args.shards, "sharded"))
-                       if name in args.layouts]:
+        for shards in [{"single": 0, "sharded": args.shards}[name] for name in args.layouts]:
             events = args.events
             if shards == 0 and size >= 10000 and args.single_events_at_10000:
                 events = args.single_events_at_10000
@@ -397,18 +428,23 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """--sizes, --events, --shards, --layouts (also ``bench_pipeline.py``'s)."""
     parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
                         default=[1000, 4000, 10000])
     parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--shards", type=int, default=10)
+    parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
+                        help="single,sharded (default both, side by side, in this order)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    layout_arguments(parser)
     parser.add_argument("--single-events-at-10000", type=int, default=5,
                         help="member events for the single file at >= 10,000 (37 s each)")
-    parser.add_argument("--shards", type=int, default=10)
     parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
     parser.add_argument("--drain-events", type=int, default=6)
-    parser.add_argument("--layouts", type=lambda v: v.split(","), default=["single", "sharded"],
-                        help="single,sharded (default both, side by side)")
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE")

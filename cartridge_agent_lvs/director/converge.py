@@ -131,6 +131,26 @@ def new_slots(desired: LvsConfig, previous: Optional[LvsConfig]) -> FrozenSet[Sl
     return frozenset(new)
 
 
+def still_desired(slots: Iterable[Slot], desired: LvsConfig,
+                  before: Optional[LvsConfig] = None) -> FrozenSet[Slot]:
+    """Those of *slots* (real servers of *before*) that *desired* still serves.
+
+    A virtual server whose real servers are the very ones it had in *before* keeps
+    its slots without a look-up; sets are built only for the others."""
+    servers = {vs.key: vs.real_servers for vs in desired.virtual_servers}
+    same = {vs.key for vs in before.virtual_servers
+            if servers.get(vs.key) is vs.real_servers} if before is not None else set()
+    keys: dict = {}
+
+    def served(vs_key, rs_key) -> bool:
+        if vs_key in same:
+            return True
+        if vs_key not in keys:
+            keys[vs_key] = frozenset(rs.key for rs in servers.get(vs_key, ()))
+        return rs_key in keys[vs_key]
+    return frozenset(slot for slot in slots if served(*slot))
+
+
 def compare(desired: LvsConfig, kernel: Sequence[ServiceStats],
             pending: FrozenSet[Slot] = frozenset()) -> Drift:
     """*kernel* against *desired*; *pending*: new real servers not yet seen in IPVS."""

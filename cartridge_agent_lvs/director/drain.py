@@ -20,22 +20,30 @@ the caller; the service re-renders at :meth:`Drain.deadline`.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, Optional, Tuple
+from typing import Dict, FrozenSet, Optional, Tuple
 
 from .model import LvsConfig, RealServer, VirtualServer
+from .plan import rs_sort_key, vs_sort_key
 
 VsKey = Tuple[str, int, str]
 RsKey = Tuple[str, int]
 
 
 class Drain:
-    """Turns each desired configuration into the one to render, remembering leavers."""
+    """Turns each desired configuration into the one to render, remembering leavers.
+
+    Work per call is proportional to what changed: a virtual server whose real
+    servers are the very ones of the previous call is passed through as it is (the
+    same object, so an unchanged shard stays unchanged), and only virtual servers
+    with a real server draining are rebuilt, in the planner's order.
+    """
 
     def __init__(self, drain_seconds: float) -> None:
         if drain_seconds < 0:
             raise ValueError("drain_seconds must be >= 0")
         self.drain_seconds = drain_seconds
-        self._last: LvsConfig = LvsConfig()
+        #: the previous call's desired virtual servers, by key
+        self._desired: Dict[VsKey, VirtualServer] = {}
         # (vs key, rs key) -> (the real server as it was before leaving, removal time)
         self._draining: Dict[Tuple[VsKey, RsKey], Tuple[RealServer, float]] = {}
         self._vs_shells: Dict[VsKey, VirtualServer] = {}
@@ -50,40 +58,43 @@ class Drain:
 
     def apply(self, desired: LvsConfig, now: float) -> LvsConfig:
         """The configuration to render at *now* for *desired*."""
-        if self.drain_seconds == 0:
-            self._last = desired
-            return desired
         wanted = {vs.key: vs for vs in desired.virtual_servers}
-        wanted_rs = {(vs.key, rs.key) for vs in desired.virtual_servers
-                     for rs in vs.real_servers}
-        # newly leaving: in what was last rendered, not desired now
-        for vs in self._last.virtual_servers:
-            for rs in vs.real_servers:
-                slot = (vs.key, rs.key)
-                if slot not in wanted_rs and slot not in self._draining:
-                    self._draining[slot] = (rs, now + self.drain_seconds)
-                    self._vs_shells[vs.key] = replace(vs, real_servers=())
+        before, self._desired = self._desired, wanted
+        if self.drain_seconds == 0:
+            return desired
+        keys: Dict[VsKey, FrozenSet[RsKey]] = {}
+
+        def wanted_keys(key: VsKey) -> FrozenSet[RsKey]:
+            if key not in keys:
+                vs = wanted.get(key)
+                keys[key] = frozenset(rs.key for rs in vs.real_servers) if vs else frozenset()
+            return keys[key]
+        # newly leaving: desired last time, not now (draining ones are never desired)
+        for key, old in before.items():
+            new = wanted.get(key)
+            if new is not None and (new.real_servers is old.real_servers
+                                    or new.real_servers == old.real_servers):
+                continue
+            for rs in old.real_servers:
+                if rs.key not in wanted_keys(key):
+                    self._draining[(key, rs.key)] = (rs, now + self.drain_seconds)
+                    self._vs_shells[key] = replace(old, real_servers=())
         # back again, or drained long enough
         for slot, (_, until) in list(self._draining.items()):
-            if slot in wanted_rs or now >= until:
+            if now >= until or slot[1] in wanted_keys(slot[0]):
                 del self._draining[slot]
         extra: Dict[VsKey, list] = {}
         for (vs_key, _), (rs, until) in self._draining.items():
             extra.setdefault(vs_key, []).append((rs, until))
         self._vs_shells = {k: v for k, v in self._vs_shells.items() if k in extra}
         if not extra:
-            self._last = desired
             return desired
-        servers = []
-        for key in sorted(set(wanted) | set(extra)):
+        servers = [vs for vs in desired.virtual_servers if vs.key not in extra]
+        for key, leaving in extra.items():
             vs = wanted.get(key) or self._vs_shells[key]
-            merged = tuple(sorted(vs.real_servers + _leaving(extra.get(key, ()),
-                                                             key not in wanted),
-                                  key=lambda r: r.key))
-            servers.append(replace(vs, real_servers=merged))
-        result = replace(desired, virtual_servers=tuple(servers))
-        self._last = result
-        return result
+            merged = vs.real_servers + _leaving(leaving, key not in wanted)
+            servers.append(replace(vs, real_servers=tuple(sorted(merged, key=rs_sort_key))))
+        return replace(desired, virtual_servers=tuple(sorted(servers, key=vs_sort_key)))
 
 
 def _leaving(draining: list, last_ones: bool) -> Tuple[RealServer, ...]:

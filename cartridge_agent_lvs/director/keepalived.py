@@ -130,10 +130,11 @@ class Keepalived:
             changed = self._write(text)
             return ApplyResult(changed=changed, reloaded=self.reload() if changed else False)
 
-    def write(self, text: str) -> bool:
+    def write(self, text: str, recheck: bool = True) -> bool:
         """Validate and write *text* unless the live file holds it; True when written.
 
         Does not reload: the caller calls :meth:`reload` (and retries it on failure).
+        The live file is always read (*recheck* is for the sharded layout's sake).
         """
         with self.lock():
             return self._write(text)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass, fields, replace
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, FrozenSet, List, Optional, Sequence, Set, Tuple
 
 from ..addresses import check_safe_name, parse_host_ip, parse_port
 from ..errors import InputError, SettingsError
@@ -45,6 +45,7 @@ _PROTOCOLS = {"tcp": "TCP", "http": "TCP", "https": "TCP", "ws": "TCP", "wss": "
               "udp": "UDP", "sctp": "SCTP"}
 
 PortKey = Tuple[str, int, str]      #: (service, proxy port, protocol)
+VsKey = Tuple[str, int, str]        #: (VIP, port, protocol)
 
 
 @dataclass(frozen=True)
@@ -141,13 +142,15 @@ def _member_port(member: Member, proxy: int, service_port: Port) -> object:
 
 
 class _Planner:
+    """Plans one mapped service (one name and VIP of ``vip_map``)."""
+
     def __init__(self, settings) -> None:
         self.settings = settings
         self.warnings: List[str] = []
-        self.claims: Dict[Tuple[str, int, str], str] = {}
+        #: every VIP:port:protocol the service claims, rendered or not, in order
+        self.claims: List[VsKey] = []
         #: (service, proxy, protocol) -> {member port: member ids}: ports DR/TUN cannot map
         self.unmapped: Dict[PortKey, Dict[int, Set[str]]] = {}
-        self.methods: Dict[str, str] = {}
         clusters, partitions = settings.cluster_ids, settings.network_partition_id
         self.clusters = frozenset(clusters) if clusters else None
         self.partitions = frozenset(partitions) if partitions else None
@@ -207,32 +210,9 @@ class _Planner:
             self.unmapped.setdefault(key, {}).setdefault(value, set()).add(member.member_id)
         return proxy
 
-    def port_warnings(self) -> None:
-        """One line per service and port whose members DR/TUN cannot reach as mapped."""
-        for (name, proxy, protocol), targets in sorted(self.unmapped.items()):
-            method = self.methods[name]
-            count = len(set().union(*targets.values()))
-            listen = ", ".join(f"{port} ({len(ids)})" if len(targets) > 1 else str(port)
-                               for port, ids in sorted(targets.items()))
-            self.warnings.append(
-                f"service {name!r} port {proxy}/{protocol}: {count} member"
-                f"{'s' if count > 1 else ''} listen{'' if count > 1 else 's'} on {listen}, "
-                f"but with {method} the real server receives packets on port {proxy} "
-                f"unchanged: {'they' if count > 1 else 'it'} must accept connections on "
-                f"port {proxy} (or use forwarding_method NAT)")
-
-    def claim(self, key: Tuple[str, int, str], service: str) -> None:
-        other = self.claims.setdefault(key, service)
-        if other != service:
-            vip, port, protocol = key
-            raise SettingsError("vip_map", f"{other}|{vip},{service}|{vip}",
-                                f"services {other!r} and {service!r} both claim "
-                                f"{vip}:{port}/{protocol}")
-
     def virtual_servers(self, name: str, vip: str, service: Service) -> List[VirtualServer]:
         svc = self.settings.for_service(name)
         policy = policy_of(svc, vip)
-        self.methods[name] = svc.forwarding_method
         members = service.members()
         active = [m for m in members if m.active]
         served = [m for m in active if self.served(m)]
@@ -244,7 +224,7 @@ class _Planner:
             self.warnings.append(f"service {name!r} has no ports in its portMap: nothing "
                                  f"to serve on {vip}")
         for (proxy, protocol), service_port in sorted(ports.items()):
-            self.claim((vip, proxy, protocol), name)
+            self.claims.append((vip, proxy, protocol))
             real: Dict[Tuple[str, int], RealServer] = {}
             for member in served:
                 address = addresses[member.member_id]
@@ -262,7 +242,7 @@ class _Planner:
                     "server)")
                 continue
             result.append(VirtualServer(vip, proxy, protocol, name, tuple(
-                sorted(real.values(), key=lambda rs: (ip_sort_key(rs.ip), rs.port))),
+                sorted(real.values(), key=rs_sort_key)),
                 self.sorry_on(policy, name, proxy)))
         return result
 
@@ -281,18 +261,98 @@ class _Planner:
         return replace(policy, sorry_server=(sorry[0], proxy))
 
 
+@dataclass(frozen=True)
+class ServicePlan:
+    """One mapped service's part of a :class:`Plan`: a pure function of the settings,
+    the service's name and VIP and its :class:`~.topology.Service` (None: not in the
+    topology), so a caller may keep it while that service does not change and
+    :func:`combine` it with the others' (at 10,000 real servers a member event then
+    plans one service, not all of them)."""
+
+    virtual_servers: Tuple[VirtualServer, ...]
+    warnings: Tuple[str, ...]
+    #: every VIP:port:protocol the service claims (also those not rendered), in order
+    claims: Tuple[VsKey, ...]
+    #: ((service, proxy, protocol), ((member port, member ids), ...)): what DR/TUN
+    #: cannot map
+    unmapped: Tuple[Tuple[PortKey, Tuple[Tuple[int, FrozenSet[str]], ...]], ...]
+    forwarding_method: str
+
+
+def plan_service(settings, name: str, vip: str, service: Optional[Service]) -> ServicePlan:
+    """The part of the plan of service *name* on *vip*; pure."""
+    method = settings.for_service(name).forwarding_method
+    if service is None:
+        return ServicePlan((), (f"service {name!r} (VIP {vip}) is not in the topology",),
+                           (), (), method)
+    planner = _Planner(settings)
+    servers = planner.virtual_servers(name, vip, service)
+    unmapped = tuple((key, tuple((port, frozenset(ids)) for port, ids in sorted(t.items())))
+                     for key, t in sorted(planner.unmapped.items()))
+    return ServicePlan(tuple(servers), tuple(planner.warnings), tuple(planner.claims),
+                       unmapped, method)
+
+
+def combine(settings, parts: Sequence[Tuple[str, ServicePlan]]) -> Plan:
+    """The :class:`Plan` of the services' parts (*parts* in ``vip_map`` order, each
+    with its service name); ``SettingsError`` when two services claim one
+    VIP:port:protocol."""
+    claims: Dict[VsKey, str] = {}
+    unmapped: Dict[PortKey, Dict[int, Set[str]]] = {}
+    methods: Dict[str, str] = {}
+    servers: List[VirtualServer] = []
+    warnings: List[str] = []
+    for name, part in parts:
+        for key in part.claims:
+            other = claims.setdefault(key, name)
+            if other != name:
+                vip, port, protocol = key
+                raise SettingsError("vip_map", f"{other}|{vip},{name}|{vip}",
+                                    f"services {other!r} and {name!r} both claim "
+                                    f"{vip}:{port}/{protocol}")
+        for key, targets in part.unmapped:
+            merged = unmapped.setdefault(key, {})
+            for port, ids in targets:
+                merged.setdefault(port, set()).update(ids)
+        methods[name] = part.forwarding_method
+        servers += part.virtual_servers
+        warnings += part.warnings
+    warnings += _port_warnings(unmapped, methods)
+    servers.sort(key=vs_sort_key)
+    vips = tuple(sorted({vip for _, vip in settings.vip_map}, key=ip_sort_key))
+    return Plan(LvsConfig(tuple(servers), vips, vrrp_of(settings)), tuple(warnings))
+
+
+def _port_warnings(unmapped: Dict[PortKey, Dict[int, Set[str]]],
+                   methods: Dict[str, str]) -> List[str]:
+    """One line per service and port whose members DR/TUN cannot reach as mapped."""
+    out = []
+    for (name, proxy, protocol), targets in sorted(unmapped.items()):
+        method = methods[name]
+        count = len(set().union(*targets.values()))
+        listen = ", ".join(f"{port} ({len(ids)})" if len(targets) > 1 else str(port)
+                           for port, ids in sorted(targets.items()))
+        out.append(
+            f"service {name!r} port {proxy}/{protocol}: {count} member"
+            f"{'s' if count > 1 else ''} listen{'' if count > 1 else 's'} on {listen}, "
+            f"but with {method} the real server receives packets on port {proxy} "
+            f"unchanged: {'they' if count > 1 else 'it'} must accept connections on "
+            f"port {proxy} (or use forwarding_method NAT)")
+    return out
+
+
+def rs_sort_key(rs: RealServer) -> Tuple[Tuple[int, int], int]:
+    """The order of the real servers of a virtual server (address as a number, port)."""
+    return ip_sort_key(rs.ip), rs.port
+
+
+def vs_sort_key(vs: VirtualServer) -> Tuple[Tuple[int, int], int, str]:
+    """The order of the virtual servers in a plan (VIP as a number, port, protocol)."""
+    return ip_sort_key(vs.vip), vs.port, vs.protocol
+
+
 def plan(settings, topology: Topology) -> Plan:
     """What keepalived must serve for *topology*; ``SettingsError`` on a VIP clash."""
-    planner = _Planner(settings)
-    servers: List[VirtualServer] = []
-    for name, vip in settings.vip_map:
-        service = topology.services.get(name)
-        if service is None:
-            planner.warnings.append(f"service {name!r} (VIP {vip}) is not in the topology")
-            continue
-        servers += planner.virtual_servers(name, vip, service)
-    planner.port_warnings()
-    servers.sort(key=lambda vs: (ip_sort_key(vs.vip), vs.port, vs.protocol))
-    vips = tuple(sorted({vip for _, vip in settings.vip_map}, key=ip_sort_key))
-    return Plan(LvsConfig(tuple(servers), vips, vrrp_of(settings)),
-                tuple(planner.warnings))
+    return combine(settings, [(name, plan_service(settings, name, vip,
+                                                  topology.services.get(name)))
+                              for name, vip in settings.vip_map])

@@ -7,6 +7,12 @@ runs the pipeline::
 
     plan -> mass-removal guard -> drain -> render -> keepalived -t, write, SIGHUP
 
+Each step's work is proportional to what changed, not to the whole topology: the
+plan of each service is kept (:class:`PlanCache`) until its topology entry changes,
+an unchanged service keeps its very :class:`~.model.VirtualServer` objects, and the
+guard, the drain and the sharded layout (:mod:`.shards`: only the files whose text
+changed are validated and written) skip those at the cost of a look-up.
+
 Rules the loop keeps:
 
 * nothing is written before the first complete topology (events before it are
@@ -55,13 +61,13 @@ from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
 from .metrics import KernelCollector, LoopMetrics, MetricsServer
 from .model import LvsConfig
-from .plan import plan, vrrp_of
+from .plan import Plan, ServicePlan, combine, plan_service, vrrp_of
 from .render import RenderedFileError
 from .settings import read_secret
 from .shards import ShardedKeepalived
 from .stats import read_ipvs
 from .status import ApplyRecord, DirectorView
-from .topology import Topology, apply_event, is_handled, parse_topology
+from .topology import Service, Topology, apply_event, is_handled, parse_topology
 from .vrrp import interface_addresses
 from .watcher import ConvergenceWatcher
 
@@ -119,6 +125,41 @@ class ProblemLog:
 
     def forget(self, category: str) -> None:
         self._seen.pop(category, None)
+
+
+class PlanCache:
+    """The plan of each mapped service, kept while its topology entry is unchanged.
+
+    The planner is pure (:func:`~.plan.plan_service`: settings and one service in,
+    its virtual servers out); this is the memory at the edge that makes a member
+    event plan one service instead of all of them.  A service is planned again when
+    its :class:`~.topology.Service` value differs from the one planned last
+    (:func:`~.topology.apply_event` keeps the other services' values as they were, so
+    the comparison is mostly an identity check).  An unchanged service yields the very
+    same :class:`~.model.VirtualServer` objects, which lets the guard, the drain and
+    the sharded renderer skip it cheaply too.
+    """
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+        self._parts: Dict[Tuple[str, str], Tuple[Optional[Service], ServicePlan]] = {}
+        self.planned = 0        #: services planned (not taken from the cache)
+
+    def plan(self, topology: Topology) -> Plan:
+        """The same :class:`~.plan.Plan` as ``plan(settings, topology)``."""
+        parts, kept = [], {}
+        for name, vip in self.settings.vip_map:
+            service = topology.services.get(name)
+            old = self._parts.get((name, vip))
+            if old is not None and (old[0] is service or old[0] == service):
+                part = old[1]
+            else:
+                part = plan_service(self.settings, name, vip, service)
+                self.planned += 1
+            kept[(name, vip)] = (service, part)
+            parts.append((name, part))
+        self._parts = kept
+        return combine(self.settings, parts)
 
 
 def _secret(path: Optional[str], key: str, env: str) -> Optional[str]:
@@ -196,6 +237,7 @@ class Director:
                                       settings.mass_removal_hold,
                                       settings.allow_mass_removal)
         self.drain = Drain(settings.drain_seconds)
+        self.plans = PlanCache(settings)
         self.problems = ProblemLog(log)
         self._warned: frozenset = frozenset()
         self._applied_text: Optional[str] = None    #: last text written (or in place)
@@ -423,7 +465,7 @@ class Director:
         self.renders += 1
         started = time.perf_counter()
         try:
-            result = plan(self.settings, self.topology)
+            result = self.plans.plan(self.topology)
         except SettingsError as exc:
             self._record(PLAN_FAILED, False, str(exc))
             self.problems.report("plan", f"keeping the current configuration: {exc}",
@@ -443,7 +485,7 @@ class Director:
         if text == self._applied_text and not force:
             return
         try:
-            changed = self.keepalived.write(text)
+            changed = self.keepalived.write(text, recheck=force)
         except ValidationError as exc:
             self.metrics.validation_failures.inc()
             self._record(REJECTED, False, str(exc))

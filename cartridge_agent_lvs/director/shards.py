@@ -12,7 +12,11 @@ only what it touches:
   it (``keepalived.shard-01.conf`` ...), each run by its own ``keepalived -C``
   (checkers only) with the pid file ``<pidfile>.shard-NN.pid``;
 * a file is validated (``keepalived -t``), written atomically and its instance sent
-  SIGHUP only when its own text changed -- the other instances keep checking.
+  SIGHUP only when its own text changed -- the other instances keep checking;
+* per event, only the shards whose part of the configuration changed are rendered
+  (each shard's text is kept with the part it was rendered from), and only the files
+  whose text differs from what this object last wrote there are read back and
+  compared (all of them when the service is forced, e.g. on its SIGHUP).
 
 Assignment (:func:`assign`) is sticky: a virtual server stays in the shard it was
 first given for the life of the process, and across restarts as long as the shard
@@ -115,6 +119,8 @@ class ShardedKeepalived:
         #: shard -> (its part of the configuration, its text): an unchanged shard is
         #: not rendered again
         self._rendered: Dict[int, Tuple[LvsConfig, str]] = {}
+        #: instance -> the text this object last wrote to its file or found there
+        self._in_place: Dict[int, str] = {}
 
     @property
     def conf_path(self) -> str:
@@ -152,25 +158,38 @@ class ShardedKeepalived:
 
     # -- applying -------------------------------------------------------------------
 
-    def write(self, texts: Tuple[str, ...]) -> bool:
+    def write(self, texts: Tuple[str, ...], recheck: bool = False) -> bool:
         """Validate every changed file, then write them all; True when one changed.
 
         All or nothing: when ``keepalived -t`` rejects one file, none is written.  Does
         not reload: :meth:`reload` then signals the instances whose file changed.
+
+        A file whose text is the one this object last wrote or found there is not
+        read again (at 10,000 real servers reading every shard on every event is
+        most of an event's file work); *recheck* reads every file (the service
+        passes it when forced, e.g. on SIGHUP, so a file changed behind its back is
+        put right).
         """
         instances = self.instances()
         if len(texts) != len(instances):
             raise ValueError(f"{len(texts)} texts for {len(instances)} files")
+        todo = [(n, part, text) for (n, part), text in zip(instances, texts)
+                if recheck or self._in_place.get(n) != text]
         with ExitStack() as stack:
-            for _, part in instances:       # always in this order: no deadlock
+            for _, part, _ in todo:         # always in file order: no deadlock
                 stack.enter_context(part.lock())
-            changed = [(n, part, text) for (n, part), text in zip(instances, texts)
-                       if part.current() != text]
+            changed = []
+            for n, part, text in todo:
+                if part.current() == text:
+                    self._in_place[n] = text
+                else:
+                    changed.append((n, part, text))
             temps = [(n, part, stack.enter_context(part._temp(text)))
                      for n, part, text in changed]
             _check_all(temps)
-            for n, part, path in temps:
+            for (n, part, path), (_, _, text) in zip(temps, changed):
                 os.replace(path, part.conf_path)
+                self._in_place[n] = text
                 self.pending.add(n)
             for directory in sorted({os.path.dirname(p.conf_path) for _, p, _ in temps}):
                 _fsync_dir(directory)

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import Callable, FrozenSet, Optional, Sequence, Set
 
 from ..errors import HostError
-from .converge import Drift, bound, compare, kernel_slots, new_slots
-from .guard import Slot, real_server_slots
+from .converge import Drift, bound, compare, kernel_slots, new_slots, still_desired
+from .guard import Slot
 from .model import LvsConfig
 from .stats import IpvsUnavailable, ServiceStats
 
@@ -90,7 +90,7 @@ class ConvergenceWatcher:
             old = self._target
             if old is not None and not old.done:
                 if old.pending:
-                    pending |= old.pending & real_server_slots(desired)
+                    pending |= still_desired(old.pending, desired, old.desired)
                 if old.cause is not None:
                     cause = old.cause if cause is None else min(cause, old.cause)
             self._target = _Target(desired, now, cause, now + bound(desired), pending)

@@ -119,3 +119,18 @@ def test_the_bound_is_one_health_check_cycle_beyond_the_reload_grace(check, dela
                  policy=replace(POLICY, check=check, delay_loop=delay))
     assert converge.bound(replace(desired, virtual_servers=(vs,))) == expected
     assert converge.bound(LvsConfig()) == converge.RELOAD_GRACE
+
+
+def test_still_desired_keeps_the_slots_that_the_new_configuration_serves():
+    from cartridge_agent_lvs.director.guard import real_server_slots
+    web = config("10.0.0.1", "10.0.0.2", "10.0.0.3").virtual_servers[0]
+    other = replace(web, vip="192.0.2.11")
+    before = LvsConfig((web, other), (VIP, "192.0.2.11"))
+    fewer = replace(other, real_servers=other.real_servers[:1])
+    after = replace(before, virtual_servers=(web, fewer))      # web: the same object
+    slots = real_server_slots(before)
+    for prior in (before, None):              # with the old configuration or without
+        kept = converge.still_desired(slots, after, prior)
+        assert kept == slots & real_server_slots(after) and len(kept) == 4
+    assert converge.still_desired(slots, replace(before, virtual_servers=()), before) \
+        == frozenset()

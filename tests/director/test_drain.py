@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cartridge_agent_lvs.director.drain import Drain
+from cartridge_agent_lvs.director.model import RealServer, VirtualServer
 
 from ._lvs import VIP, ips, lvs, weights
 
@@ -85,3 +86,26 @@ def test_output_is_deterministic_and_sorted():
 def test_negative_drain_is_rejected():
     with pytest.raises(ValueError):
         Drain(-1)
+
+
+def test_a_drain_passes_the_other_virtual_servers_through_untouched_and_keeps_the_order():
+    # only the virtual server with a leaver is rebuilt, its real servers in the
+    # planner's order (addresses as numbers: 10.0.0.9 before 10.0.0.10); the others are
+    # the very objects given, so a shard without a leaver renders the same text
+    from dataclasses import replace
+
+    from cartridge_agent_lvs.director.model import LvsConfig
+    from cartridge_agent_lvs.director.plan import rs_sort_key
+    twelve = sorted((RealServer(ip, 80) for ip in ips(12)), key=rs_sort_key)
+    a = VirtualServer("192.0.2.9", 80, "TCP", "a", tuple(twelve))
+    b = VirtualServer(VIP, 80, "TCP", "b", tuple(twelve))
+    d = Drain(30)
+    assert d.apply(LvsConfig((a, b), (a.vip, VIP)), 0).virtual_servers == (a, b)
+    leaving = replace(a, real_servers=tuple(rs for rs in twelve if rs.ip != "10.0.0.5"))
+    out = d.apply(LvsConfig((leaving, b), (a.vip, VIP)), 1)
+    assert out.virtual_servers[1] is b
+    assert [rs.ip for rs in out.virtual_servers[0].real_servers] == ips(12)
+    assert weights(out)[(a.vip, 80, "10.0.0.5")] == 0
+    gone = d.apply(LvsConfig((b,), (a.vip, VIP)), 2)      # a's service goes: a shell
+    assert [vs.vip for vs in gone.virtual_servers] == ["192.0.2.9", VIP]
+    assert gone.virtual_servers[1] is b

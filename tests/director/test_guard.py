@@ -96,3 +96,34 @@ def test_a_baseline_given_at_start_guards_the_very_first_update(caplog):
     assert d.held and d.config is TEN and (d.removed, d.total) == (10, 10)
     assert "MASS REMOVAL HELD BACK" in caplog.text
     assert not MassRemovalGuard(0.5, 60, baseline=TEN).check(lvs(*ips(6)), 0).held
+
+
+def test_removals_counted_per_virtual_server_match_the_whole_set_of_real_servers():
+    # the guard keeps one set per virtual server and skips those whose real servers
+    # did not change; what it counts must be what the plain set difference says
+    import random
+    from dataclasses import replace
+
+    from cartridge_agent_lvs.director.guard import real_server_slots
+    from cartridge_agent_lvs.director.model import LvsConfig
+    rng = random.Random(14)
+    pool = {port: lvs(*ips(30), port=port).virtual_servers[0] for port in (80, 81, 82, 83)}
+    g = MassRemovalGuard(0.3, 0, allow=False)
+    served = None
+    for _ in range(200):
+        servers = []
+        for port, full in pool.items():
+            if served is not None and rng.random() < 0.6:       # unchanged: same object
+                kept = [vs for vs in served.virtual_servers if vs.port == port]
+                servers += kept
+                continue
+            if rng.random() < 0.1:
+                continue                                        # the virtual server goes
+            keep = tuple(rs for rs in full.real_servers if rng.random() < 0.8)
+            servers += [replace(full, real_servers=keep)] if keep else []
+        candidate = LvsConfig(tuple(servers), ("192.0.2.10",))
+        decision = g.check(candidate, 0)
+        if served is not None:
+            before, after = real_server_slots(served), real_server_slots(candidate)
+            assert (decision.removed, decision.total) == (len(before - after), len(before))
+        served = decision.config

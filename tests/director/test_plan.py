@@ -271,3 +271,43 @@ def test_sorry_server_under_dr_is_rendered_on_the_virtual_port_and_warned_about(
             "receives packets on port 443 unchanged: rendered as 192.168.56.200 443"
             ) in result.warnings
     assert not [w for w in result.warnings if "'php'" in w and "sorry" in w]
+
+
+# -- planning one service at a time (the service loop's PlanCache) ---------------------
+
+def test_the_plan_cache_plans_only_the_changed_service_and_equals_a_fresh_plan():
+    from cartridge_agent_lvs.director.service import PlanCache
+    settings = load(dict(vip_map=st.vip_map(range(4)), interface="eth0",
+                         forwarding_method="DR"))
+    members = {s: set(range(12)) for s in range(4)}
+    topology = parse_topology(st.topology(members))
+    cache = PlanCache(settings)
+    assert cache.plan(topology) == plan(settings, topology) and cache.planned == 4
+    before = {vs.key: vs for vs in cache.plan(topology).config.virtual_servers}
+    assert cache.planned == 4                      # nothing changed: nothing planned
+    events = [("MemberSuspendedEvent", 1, 3), ("MemberSuspendedEvent", 2, 10),
+              ("MemberActivatedEvent", 1, 3), ("MemberSuspendedEvent", 1, 0)]
+    for k, (name, s, i) in enumerate(events, 1):
+        topology = apply_event(topology, name, st.member_event(s, i))
+        got = cache.plan(topology)
+        assert got == plan(settings, topology)     # config and warnings alike
+        assert cache.planned == 4 + k              # one service planned per event
+        # the other services' virtual servers are the very objects planned before
+        untouched = [vs for vs in got.config.virtual_servers if vs.service != f"svc{s}"]
+        assert len(untouched) == 3 and all(vs is before[vs.key] for vs in untouched)
+        before = {vs.key: vs for vs in got.config.virtual_servers}
+    # a complete topology with the same content: compared, not planned again
+    members = {0: set(range(12)), 1: set(range(1, 12)), 2: set(range(12)) - {10},
+               3: set(range(12))}
+    again = parse_topology(st.topology(members, inactive={1: [0], 2: [10]}))
+    assert cache.plan(again) == plan(settings, again) and cache.planned == 8
+
+
+def test_the_plan_cache_still_refuses_two_services_on_one_vip():
+    from cartridge_agent_lvs.director.service import PlanCache
+    settings = load(dict(vip_map="svc0|192.0.2.50,svc1|192.0.2.50", interface="eth0"))
+    cache = PlanCache(settings)
+    with pytest.raises(SettingsError, match="'svc0' and 'svc1' both claim 192.0.2.50:80/TCP"):
+        cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))
+    with pytest.raises(SettingsError, match="both claim"):    # again, from the cache
+        cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))

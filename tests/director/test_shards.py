@@ -141,6 +141,17 @@ class Lab:
     def inodes(self):
         return {n: os.stat(self.text_path(n)).st_ino for n in range(SHARDS + 1)}
 
+    def step(self, name, s, i):
+        """One member event, settled; the files it replaced."""
+        before = self.inodes()
+        self.event(name, s, i)
+        self.settle()
+        return self.rewritten(before)
+
+    def rewritten(self, before):
+        """The files replaced since *before* (:meth:`inodes`), by instance number."""
+        return [n for n, ino in self.inodes().items() if ino != before[n]]
+
     def text_path(self, n):
         return self.layout.conf_path if n == 0 else shard_conf(self.layout.conf_path, n)
 
@@ -182,12 +193,8 @@ def test_first_apply_writes_every_file_valid_and_the_union_is_the_single_file(la
 def test_a_member_event_rewrites_and_reloads_only_its_own_shard(lab):
     lab.complete()
     lab.settle()
-    before = lab.inodes()
     shard = lab.shard_of(2)
-    lab.event("MemberSuspendedEvent", 2, 1)
-    lab.settle()
-    after = lab.inodes()
-    assert [n for n in after if after[n] != before[n]] == [shard]
+    assert lab.step("MemberSuspendedEvent", 2, 1) == [shard]
     _settled_hups(lab, {n: 2 if n == shard else 1 for n in range(SHARDS + 1)})
     assert st.member_ip(2, 1) not in lab.text(shard)
 
@@ -290,8 +297,7 @@ def test_a_restart_keeps_the_placement_from_the_files_and_writes_nothing(lab):
     lab.members[0].add(9)                         # the new svc0 member joins svc0's shard
     lab.complete()
     lab.settle()
-    after = lab.inodes()
-    assert [n for n in after if after[n] != inodes[n]] == [placed[(st.vip(0), 80, "TCP")]]
+    assert lab.rewritten(inodes) == [placed[(st.vip(0), 80, "TCP")]]
 
 
 def test_settings_refuse_a_reload_command_with_shards(tmp_path):
@@ -325,3 +331,124 @@ def test_running_means_every_instance_runs(lab):
     assert lab.layout.running() is True
     lab.fakes[max(lab.fakes)].stop()               # one checker shard killed
     assert lab.layout.running() is False
+
+
+# -- per-event work proportional to the change -----------------------------------------
+
+def _checker(tmp_path, log, reject=""):
+    """A keepalived_bin that logs each call and runs the real keepalived -- or, for a
+    file holding *reject*, answers as keepalived does for a file it refuses."""
+    path = os.path.join(str(tmp_path), "keepalived-logged")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\necho \"$@\" >> {log}\nfor last; do :; done\n"
+                + (f"if grep -q '{reject}' \"$last\"; then echo 'refused (test)'; exit 5; "
+                   "fi\n" if reject else "")
+                + "exec keepalived \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def _calls(log):
+    try:
+        with open(log) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
+    log = os.path.join(str(tmp_path), "calls")
+    lab = Lab(tmp_path, keepalived_bin=_checker(tmp_path, log))
+    try:
+        lab.complete()
+        lab.settle()
+        assert len(_calls(log)) == SHARDS + 1          # the first apply: every file
+        assert lab.step("MemberSuspendedEvent", 1, 2) == [lab.shard_of(1)]
+        calls = _calls(log)[SHARDS + 1:]
+        assert len(calls) == 1 and calls[0].startswith("-t -f ")   # one keepalived -t
+    finally:
+        lab.stop()
+
+
+def test_a_drain_rewrites_only_its_own_shard_from_start_to_end(tmp_path):
+    # 12 members: in text order 10.3.0.10 sorts before 10.3.0.2; a drain once re-sorted
+    # every virtual server that way, rewriting (and reloading) every shard
+    lab = Lab(tmp_path, drain_seconds=5)
+    try:
+        lab.members = {s: set(range(12)) for s in SERVICES}
+        lab.complete()
+        lab.settle()
+        shard = lab.shard_of(3)
+        assert lab.step("MemberSuspendedEvent", 3, 4) == [shard]
+        assert {ip: int(w) for ip, _, w in RS_RE.findall(lab.text(shard))}[
+            st.member_ip(3, 4)] == 0
+        after = lab.inodes()
+        lab.settle(5)
+        assert st.member_ip(3, 4) not in lab.text(shard)
+        assert lab.rewritten(after) == [shard]
+        _settled_hups(lab, {n: 3 if n == shard else 1 for n in range(SHARDS + 1)})
+    finally:
+        lab.stop()
+
+
+def test_a_shard_file_changed_behind_its_back_is_put_right_when_forced(lab):
+    lab.complete()
+    lab.settle()
+    mine, other = lab.shard_of(0), lab.shard_of(1)
+    assert mine != other
+    good = lab.text(other)
+    with open(lab.text_path(other), "w") as f:
+        f.write(good.replace("weight 1", "weight 7"))
+    lab.event("MemberSuspendedEvent", 0, 1)          # another shard's change: the file
+    lab.settle()                                     # it wrote last is not read again
+    assert "weight 7" in lab.text(other)
+    _settled_hups(lab, {n: 2 if n == mine else 1 for n in range(SHARDS + 1)})
+    lab.director.force()                             # lvs-extension's SIGHUP
+    lab.director.tick(lab.now)
+    assert lab.text(other) == good
+    _settled_hups(lab, {n: 2 if n in (mine, other) else 1 for n in range(SHARDS + 1)})
+
+
+def test_after_a_refused_shard_the_next_change_is_applied(tmp_path):
+    log = os.path.join(str(tmp_path), "calls")
+    refused = st.member_ip(2, 7)
+    lab = Lab(tmp_path, keepalived_bin=_checker(tmp_path, log, reject=refused))
+    try:
+        lab.complete()
+        lab.settle()
+        texts = {n: lab.text(n) for n in range(SHARDS + 1)}
+        lab.event("MemberActivatedEvent", 2, 7)      # keepalived -t refuses svc2's shard
+        lab.settle()
+        assert {n: lab.text(n) for n in texts} == texts
+        assert lab.director.last_apply.outcome == service.REJECTED
+        lab.event("MemberSuspendedEvent", 2, 7)      # back to the file in place
+        lab.event("MemberSuspendedEvent", 4, 0)      # and a change in svc4's shard
+        lab.settle()
+        assert {n: lab.text(n) for n in texts if n != lab.shard_of(4)} == \
+            {n: t for n, t in texts.items() if n != lab.shard_of(4)}
+        assert st.member_ip(4, 0) not in lab.text(lab.shard_of(4))
+        _settled_hups(lab, {n: 2 if n == lab.shard_of(4) else 1
+                            for n in range(SHARDS + 1)})
+    finally:
+        lab.stop()
+
+
+def test_the_incremental_path_serves_what_a_fresh_plan_serves(lab):
+    import random
+    rng = random.Random(14)
+    lab.complete()
+    lab.settle()
+    planned = lab.director.plans.planned
+    for _ in range(25):
+        s, i = rng.choice(list(SERVICES)), rng.randrange(6)
+        lab.event("MemberSuspendedEvent" if i in lab.members[s] and rng.random() < 0.6
+                  else "MemberActivatedEvent", s, i)
+        lab.settle()
+        want = plan(lab.settings, lab.director.topology).config
+        assert lab.director.served == want
+        on_disk = [vs for n in range(1, SHARDS + 1)
+                   for vs in parse_rendered(lab.text(n)).virtual_servers]
+        assert sorted(on_disk, key=lambda v: v.key) == \
+            sorted(parse_rendered(render(want)).virtual_servers, key=lambda v: v.key)
+        assert lab.director.plans.planned <= planned + 1      # one service planned
+        planned = lab.director.plans.planned
