@@ -24,6 +24,8 @@ import pytest
 from demo import guest as G
 from demo.host import why_no_vm
 
+pytestmark = pytest.mark.e2e      # boots a VM: never in `pytest -m "not e2e"`
+
 REPO = Path(__file__).resolve().parents[2]
 
 
