@@ -6,6 +6,8 @@ never used LVS: every step says what happened and the numbers that show it.
 
 from __future__ import annotations
 
+from cartridge_agent_lvs.director.stats import parse_stamp
+
 INTRO = """\
 LVS (Linux Virtual Server), both halves of this project at work.
   A *director* owns a virtual IP (VIP) and hands every new connection to one of several
@@ -44,14 +46,12 @@ def stats_snapshots(text: str) -> list:
     """The output of ``lvs-extension stats --interval`` -> ``[(epoch seconds, table), ...]``
     for each snapshot known complete (one that a later one follows: the last may still be
     being written). Lines before the first snapshot (the log's command line) are skipped."""
-    from datetime import datetime, timezone
     found, at, lines = [], None, []
     for line in text.splitlines():
         if line.startswith("--- "):
             if at is not None:
                 found.append((at, "\n".join(lines)))
-            stamp = datetime.strptime(line[4:].strip(), "%Y-%m-%dT%H:%M:%S.%fZ")
-            at, lines = stamp.replace(tzinfo=timezone.utc).timestamp(), []
+            at, lines = parse_stamp(line[4:].strip()), []
         elif at is not None:
             lines.append(line)
     return found

@@ -192,10 +192,17 @@ def snapshot(services: Tuple[ServiceStats, ...], totals: Dict[str, int], read_at
     return f"--- {stamp(read_at)}\n{format_table(services, totals)}"
 
 
+_STAMP = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
 def stamp(epoch: float) -> str:
-    """``2026-11-26T17:30:01.123Z``: the header of a text snapshot."""
-    at = datetime.fromtimestamp(epoch, timezone.utc)
-    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+    """``2026-11-26T17:30:01.123Z``: the header of a text snapshot (milliseconds)."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime(_STAMP)[:-4] + "Z"
+
+
+def parse_stamp(text: str) -> float:
+    """:func:`stamp`'s text -> epoch seconds."""
+    return datetime.strptime(text, _STAMP).replace(tzinfo=timezone.utc).timestamp()
 
 
 def format_table(services: Tuple[ServiceStats, ...], totals: Dict[str, int]) -> str:

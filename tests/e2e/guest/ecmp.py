@@ -413,6 +413,27 @@ class EcmpScenarios:
                 found.append((round(at - start, 3), late))
         return found
 
+    def until_routed(self, s, measurement: str, event: str, survivors: set, act) -> float:
+        """Run ``act()`` (returns its ``(monotonic, wall)`` time) and measure until the router's
+        route to the VIP has exactly ``survivors`` as next hops; note the route history and
+        the guest's stalls around it. Returns the event's monotonic time."""
+        from tests.e2e.guest.scenarios import VIP4
+        with RouteWatch(self.lab.ns("ertr"), f"{VIP4}/32") as watch:
+            at, wall = act()
+            s.measure(measurement, watch.wait(survivors, at, pace.scaled(30)))
+        s.note(f"{event} at {_clock(wall)}; the router's routes since (s, next hops): "
+               f"{watch.history(at)}")
+        for probe in ("guest-stalls", "guest-stalls-rt"):
+            s.note(f"{probe} from 2 s before {event} on (s after it, s): "
+                   f"{self.stalls(at - 2, time.monotonic(), probe)}")
+        return at
+
+    @staticmethod
+    def sigterm(proc) -> tuple:
+        at = (time.monotonic(), time.time())
+        proc.send_signal(signal.SIGTERM)
+        return at
+
     def kill_director(self, name: str) -> tuple:
         """A crash: the director's link goes down, then all its processes get SIGKILL,
         both from this process (no process start in between). Returns the monotonic
@@ -529,15 +550,8 @@ class EcmpScenarios:
                                  timeout=pace.scaled(3.0)) as stream:
                 self.wait_stream(s, stream, 20)
                 survivors = {a for n, a in EDIRS.items() if n != victim}
-                with RouteWatch(self.lab.ns("ertr"), f"{VIP4}/32") as watch:
-                    killed, killed_wall = self.kill_director(victim)
-                    detection = watch.wait(survivors, killed, pace.scaled(30))
-                s.measure("detection_seconds", detection)
-                s.note(f"link down at {_clock(killed_wall)}; the router's routes since (s, next hops): "
-                       f"{watch.history(killed)}")
-                for probe in ("guest-stalls", "guest-stalls-rt"):
-                    s.note(f"{probe} from 2 s before the link went down on (s after it, s): "
-                           f"{self.stalls(killed - 2, time.monotonic(), probe)}")
+                killed = self.until_routed(s, "detection_seconds", "the link went down", survivors,
+                                           lambda: self.kill_director(victim))
                 settle = time.monotonic()
                 self.wait_stream(s, stream, 40, since=settle, timeout=30)
                 L.wait_for(lambda: conns.all_answered(time.monotonic() - 0.5), pace.scaled(15), 0.1,
@@ -577,16 +591,8 @@ class EcmpScenarios:
                                  timeout=pace.scaled(3.0)) as stream:
                 self.wait_stream(s, stream, 20)
                 survivors = {a for n, a in alive.items() if n != victim}
-                with RouteWatch(self.lab.ns("ertr"), f"{VIP4}/32") as watch:
-                    signalled, signalled_wall = time.monotonic(), time.time()
-                    proc.send_signal(signal.SIGTERM)
-                    withdrawal = watch.wait(survivors, signalled, pace.scaled(30))
-                s.measure("withdraw_seconds", withdrawal)
-                s.note(f"SIGTERM at {_clock(signalled_wall)}; the router's routes since (s, next hops): "
-                       f"{watch.history(signalled)}")
-                for probe in ("guest-stalls", "guest-stalls-rt"):
-                    s.note(f"{probe} from 2 s before SIGTERM on (s after it, s): "
-                           f"{self.stalls(signalled - 2, time.monotonic(), probe)}")
+                signalled = self.until_routed(s, "withdraw_seconds", "SIGTERM", survivors,
+                                              lambda: self.sigterm(proc))
                 code = proc.wait(pace.scaled(30))
                 s.measure("exit_seconds", time.monotonic() - signalled)
                 s.measure("exit_code", code)
