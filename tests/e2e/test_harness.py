@@ -97,6 +97,12 @@ def test_pace_factor_is_the_median_sample_over_the_reference_at_least_one():
         pace.reset()
 
 
+def test_pace_of_one_moment_is_its_sample_over_the_reference_within_bounds():
+    assert pace.sample_factor(pace.UNIT_REFERENCE * 1.6) == 1.6
+    assert pace.sample_factor(pace.UNIT_REFERENCE / 3) == 1.0
+    assert pace.sample_factor(pace.UNIT_REFERENCE * 50) == pace.MAX_FACTOR
+
+
 def test_vm_limit_follows_the_guest_reports(tmp_path):
     now = [0.0]
     report = tmp_path / "pace.json"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import fcntl
 import json
+import math
 import os
 import re
 import signal
@@ -302,7 +303,7 @@ class EcmpScenarios:
                 "--bfd-multiplier", BFD_MULTIPLIER, "--bird-conf", d / "bird.conf",
                 "--bird-socket", f"/run/e2e-{name}-bird.ctl", "--withdrawn-file", d / "withdrawn",
                 "--announce-interval", ANNOUNCE_INTERVAL, "--topology-file", path,
-                *self.timing_flags()], ns=lab.ns(name))}
+                *self.timing_flags(**self.ecmp_check_timers())], ns=lab.ns(name))}
         self.start_router_bird()
         self.lab.start("guest-stalls", [sys.executable, "-c", STALL_PROBE])
         self.lab.start("guest-stalls-rt", [*REALTIME, sys.executable, "-c", STALL_PROBE])
@@ -321,6 +322,19 @@ class EcmpScenarios:
         L.wait_for(lambda: self.router_cli("show bfd sessions").count(" Up ") == len(EDIRS),
                    pace.scaled(30), 0.2, "the router's BFD sessions to every director are up")
         self.ecmp_ready = True
+
+    @staticmethod
+    def ecmp_check_timers() -> dict:
+        """Health-check timers of the ECMP lab's directors.
+
+        Scenarios j-n assert BFD detection, spread and zero failed requests, never how fast
+        a health check removes a real server (b and c do that against the configured
+        timers). A 1 s TCP_CHECK in a busy emulated guest times out on healthy real
+        servers and pulls them, so that l and m failed for reasons that are not LVS: here
+        the timeout is the product's default (3 s) times the guest's pace, and a real
+        server goes only after 2 misses.
+        """
+        return {"connect_timeout": math.ceil(3 * pace.factor()), "retry": 2}
 
     def wait_stream(self, s, stream, count: int, since: float = 0.0, timeout: float = 10.0) -> None:
         """Wait for ``count`` answers of the stream; on timeout note what it saw."""

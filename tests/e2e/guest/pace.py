@@ -52,7 +52,13 @@ def factor() -> float:
 def _factor_locked() -> float:
     if not _samples:
         return 1.0
-    return min(MAX_FACTOR, max(1.0, statistics.median(s for _, s in _samples) / UNIT_REFERENCE))
+    return sample_factor(statistics.median(s for _, s in _samples))
+
+
+def sample_factor(seconds: float) -> float:
+    """The slow-down that one project command of ``seconds`` shows: the pace at that
+    moment, where ``factor()`` is the run's median and misses a spike of load."""
+    return min(MAX_FACTOR, max(1.0, seconds / UNIT_REFERENCE))
 
 
 def scaled(seconds: float) -> float:
