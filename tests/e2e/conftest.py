@@ -70,6 +70,12 @@ class GuestRun:
         """The guest's pace factor (>= 1): budgets for emulation work were scaled by it."""
         return float(self.results.get("pace", {}).get("factor") or 1.0)
 
+    def factor_at(self, measurements: dict) -> float:
+        """The pace factor for a scenario that also timed one project command at the
+        moment it measured (``pace_at_moment``): the run's median misses a spike of load
+        (the ECMP lab's own daemons, another guest on the host)."""
+        return max(self.factor, float(measurements["pace_at_moment"]))
+
     @property
     def sync(self) -> bool:
         return bool(self.results.get("sync"))

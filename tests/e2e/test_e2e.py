@@ -122,9 +122,8 @@ def test_j_metrics_agree_with_the_kernel_and_convergence_is_measured(e2e):
     # dir1, MQTT on dir2; quiet period 0.2 s, keepalived -t, the reload, the poll): pure
     # processing, so its allowance follows the pace of the run or, if the host was busier
     # then, of that moment (one project command timed right after the change)
-    pace = max(e2e.factor, m["pace_at_event"])
     for director, seconds in m["event_to_ipvs_seconds"].items():
-        assert 0 < seconds <= 5 * pace, m
+        assert 0 < seconds <= 5 * e2e.factor_at(m), m
 
 
 def test_i_ipv6_vip_end_to_end(e2e):

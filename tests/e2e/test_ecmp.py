@@ -60,9 +60,13 @@ def test_l_dead_director_dropped_by_bfd_long_lived_connections_survive(e2e):
 def test_m_graceful_withdraw_no_failed_request_no_reset(e2e):
     m = e2e.expect_ok("m")["measurements"]
     # SIGTERM -> withdrawn: the loop notices within its poll, BIRD sends the update
-    assert m["withdraw_seconds"] <= ANNOUNCE_INTERVAL + SLACK * e2e.factor, m
-    # ... then it waits drain_seconds before exiting, and restores sloppy_tcp
-    assert DRAIN_SECONDS <= m["exit_seconds"] <= DRAIN_SECONDS + 2 * SLACK * e2e.factor, m
+    # (processing allowances at the pace of the ECMP lab's moment: 3 directors, 4 BIRDs)
+    factor = e2e.factor_at(m)
+    assert m["withdraw_seconds"] <= ANNOUNCE_INTERVAL + SLACK * factor, m
+    # ... then it waits drain_seconds from the withdrawal before exiting, and restores
+    # sloppy_tcp (the stop path after the drain: host restored, threads joined, exit)
+    assert DRAIN_SECONDS <= m["exit_seconds"], m
+    assert m["exit_seconds"] <= m["withdraw_seconds"] + DRAIN_SECONDS + 2 * SLACK * factor, m
     assert m["exit_code"] == 0 and m["sloppy_tcp_after_exit"] == "0", m
     assert m["long_lived"]["failed"] == 0 and m["long_lived"]["changed_real_server"] == 0, m
     assert m["long_lived_on_withdrawn_director"] > 0, m

@@ -610,6 +610,7 @@ class EcmpScenarios:
                 code = proc.wait(pace.scaled(30))
                 s.measure("exit_seconds", time.monotonic() - signalled)
                 s.measure("exit_code", code)
+                self.pace_now(s, next(n for n in EDIRS if n != victim))
                 since = time.monotonic()
                 self.wait_stream(s, stream, 20, since=since)
                 L.wait_for(lambda: conns.all_answered(time.monotonic() - 0.5), pace.scaled(15), 0.1,

@@ -265,6 +265,16 @@ class Suite(EcmpScenarios):
                           log=f"{director}-stats.log", pace_label="lvs-extension stats").stdout
         return json.loads(out)
 
+    def pace_now(self, s: Scenario, director: str) -> float:
+        """The guest's pace at this moment, measured as ``pace_at_moment``: one project
+        command (``lvs-extension stats`` on ``director``) timed now. The run's factor is a
+        median over the whole run and misses a spike of load while a scenario measures."""
+        started = time.monotonic()
+        self.stats_json(director)
+        moment = pace.sample_factor(time.monotonic() - started)
+        s.measure("pace_at_moment", moment)
+        return moment
+
     def listener(self, director: str, path: str) -> bytes:
         """GET ``path`` from the director's lvs-extension (its loopback, in its namespace)."""
         def get():
@@ -736,11 +746,7 @@ class Suite(EcmpScenarios):
                                and self.status_doc(d)["convergence"]["state"] == "converged"
                                for d in DIRECTORS), pace.scaled(30), 0.2, "both directors report convergence")
         docs = {d: self.status_doc(d) for d in DIRECTORS}
-        # the pace at this moment: one project command right after the change (the run's
-        # median misses a spike of load on the host that stretched the processing above)
-        started = time.monotonic()
-        self.stats_json("dir1")
-        s.measure("pace_at_event", pace.sample_factor(time.monotonic() - started))
+        self.pace_now(s, "dir1")
         own = {d: docs[d]["convergence"]["event_seconds"] for d in DIRECTORS}
         s.measure("event_to_ipvs_seconds", own)
         s.measure("reload_to_ipvs_seconds", {d: docs[d]["convergence"]["seconds"] for d in DIRECTORS})
