@@ -167,6 +167,20 @@ def test_fault_script_removes_exactly_rs2s_health_checks(tmp_path):
     assert text.count("{") == text.count("}")
 
 
+def test_fault_script_run_twice_at_once_leaves_one_whole_edited_file(tmp_path):
+    # the runner and lvs-extension's reload command edit the same file at the same time
+    script, conf = tmp_path / "break.sh", tmp_path / "keepalived.conf"
+    scenarios.write_fault_script(script, tmp_path / "fault.log")
+    for _ in range(20):
+        conf.write_text(RENDERED)
+        procs = [subprocess.Popen(["sh", str(script), str(conf), "-"]) for _ in range(4)]
+        assert [proc.wait() for proc in procs] == [0] * 4
+        text = conf.read_text()
+        assert text.count("TCP_CHECK") == 1 and text.count("{") == text.count("}") > 3, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "break.sh", "fault.log", "keepalived.conf", "keepalived.conf.lock"]
+
+
 def test_padded_request_has_the_exact_size_and_stays_one_header_line():
     for size in (routed.SMALL, 1428, 1429, routed.LARGE):
         request = lab.http_request(routed.VIP, size)

@@ -1068,14 +1068,20 @@ def write_fault_script(path: Path, log: Path, name: str = UNCHECKED) -> None:
     """FAULT INJECTION (``--break health-check``) -- a reload command for lvs-extension:
     ``sh PATH CONF PIDFILE`` deletes real server ``name``'s health check (IPv4 and IPv6)
     from the file lvs-extension wrote, then SIGHUPs keepalived (``-`` as PIDFILE: only
-    edit). keepalived never reads that check, so it keeps a dead ``name`` in IPVS."""
+    edit). keepalived never reads that check, so it keeps a dead ``name`` in IPVS.
+
+    The runner (before keepalived starts) and lvs-extension (its first apply) may run
+    it on the same file at once: it holds a lock on ``CONF.lock`` and replaces the file
+    by a rename, so keepalived never reads half an edit."""
     path.write_text(f"""#!/bin/sh
+exec 9>"$1.lock" && flock 9 || exit 1
+tmp=$(mktemp "$1.fault.XXXXXX") || exit 1
 awk -v a="{v4(name)}" -v b="{v6(name)}" '
   $1 == "real_server" && ($2 == a || $2 == b) {{ inrs = 1 }}
   inrs && $1 ~ /^(TCP_CHECK|HTTP_GET|SSL_GET|MISC_CHECK|SMTP_CHECK|DNS_CHECK)$/ {{ skip = 1; depth = 0 }}
   skip {{ depth += gsub(/[{{]/, "{{") - gsub(/[}}]/, "}}"); if (depth <= 0) {{ skip = 0; inrs = 0 }}; next }}
   {{ print }}
-' "$1" > "$1.fault" && cat "$1.fault" > "$1" && rm -f "$1.fault" || exit 1
+' "$1" > "$tmp" && mv -f "$tmp" "$1" || {{ rm -f "$tmp"; exit 1; }}
 echo "$(date +%T) removed the health check of {name} from $1" >> "{log}"
 if [ "$2" != - ] && [ -s "$2" ]; then kill -HUP "$(cat "$2")" || true; fi
 """)
