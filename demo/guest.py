@@ -272,9 +272,11 @@ class Demo:
                 for f in ("keepalived.pid", "vrrp.pid", "checkers.pid")]
         with L.RequestStream(client.worker, VIP, interval=0.1, timeout=0.5) as stream:
             stream.wait_answered(10, what="answers through the MASTER")
-            # the MASTER dies: its cable is pulled, then its processes are killed
-            self.lab.sh("ip", "link", "set", "v-dir1", "down")
+            # the MASTER dies: its cable is pulled, then its processes are killed (the
+            # clock starts before the pull: the link goes down somewhere inside the ip
+            # process, which can take a second in a busy guest)
             killed = time.monotonic()
+            self.lab.sh("ip", "link", "set", "v-dir1", "down")
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
             self.lab.stop(self.extension["dir1"], signal.SIGKILL)
