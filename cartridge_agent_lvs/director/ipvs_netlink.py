@@ -147,15 +147,19 @@ class IpvsDump:
 
 
 def dump(netns: Optional[str] = None,
-         sock_factory: Callable[[Optional[str]], object] = GenlSocket
-         ) -> List[Tuple[Attrs, List[Attrs]]]:
+         sock_factory: Callable[[Optional[str]], object] = GenlSocket,
+         wanted: Optional[Callable[[Attrs], bool]] = None
+         ) -> List[Tuple[Attrs, Optional[List[Attrs]]]]:
     """Every IPVS service with its destinations, as raw attributes.
 
-    Raises :class:`NoIpvs`, ``FileNotFoundError`` (no such namespace) or ``OSError``.
+    *wanted*: whether a service's destinations are asked for (None: every service's);
+    the others come with None.  Raises :class:`NoIpvs`, ``FileNotFoundError`` (no such
+    namespace) or ``OSError``.
     """
     sock = sock_factory(netns)
     try:
         ipvs = IpvsDump(sock)
-        return [(service, ipvs.dests(service)) for service in ipvs.services()]
+        return [(service, ipvs.dests(service) if wanted is None or wanted(service) else None)
+                for service in ipvs.services()]
     finally:
         sock.close()

@@ -311,3 +311,37 @@ def test_the_plan_cache_still_refuses_two_services_on_one_vip():
         cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))
     with pytest.raises(SettingsError, match="both claim"):    # again, from the cache
         cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))
+
+
+def test_a_changed_service_replans_only_its_changed_members_with_the_same_result(
+        monkeypatch):
+    from cartridge_agent_lvs.director import plan as plan_module
+    from cartridge_agent_lvs.director.service import PlanCache
+    settings = load(dict(vip_map=st.vip_map([0]), interface="eth0", forwarding_method="DR"))
+    doc = st.topology({0: range(12)})
+    members = doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][
+        st.cluster_id(0)]["memberMap"]
+    members[st.member_id(0, 2)]["portMap"]["80"]["value"] = "eighty"    # warned, skipped
+    members[st.member_id(0, 3)]["defaultPrivateIP"] = "10.0.0.999"       # warned, skipped
+    members[st.member_id(0, 4)]["portMap"]["80"]["value"] = 8080         # DR: warned
+    validated = []
+    real = plan_module._Planner._member_address
+    monkeypatch.setattr(plan_module._Planner, "_member_address",
+                        lambda self, m, vip: validated.append(m.member_id) or real(
+                            self, m, vip))
+    topology = parse_topology(doc)
+    cache = PlanCache(settings)
+    first = cache.plan(topology)
+    assert len(validated) == 12 and len(first.warnings) == 3
+    events = [("MemberSuspendedEvent", 5), ("MemberActivatedEvent", 5),
+              ("MemberSuspendedEvent", 3), ("MemberActivatedEvent", 3),   # its IP mended
+              ("MemberSuspendedEvent", 2), ("MemberActivatedEvent", 2),   # its port mended
+              ("MemberSuspendedEvent", 4)]
+    for name, i in events:
+        validated.clear()
+        topology = apply_event(topology, name, st.member_event(0, i))
+        got = cache.plan(topology)
+        # the member that changed is the only one looked at again
+        assert validated == ([] if name == "MemberSuspendedEvent" else
+                             [st.member_id(0, i)])
+        assert got == plan(settings, topology)     # config and warnings, in order
