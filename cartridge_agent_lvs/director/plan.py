@@ -31,6 +31,7 @@ Rules (see the keepalived notes in the README):
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 from dataclasses import dataclass, fields, replace
@@ -161,6 +162,8 @@ class MemberMemo:
         self.servers: Dict[tuple, tuple] = {}
         self.next_addresses: Dict[Tuple[str, str], tuple] = {}
         self.next_servers: Dict[tuple, tuple] = {}
+        #: (proxy, protocol) -> the real servers of that virtual server, in order
+        self.orders: Dict[Tuple[int, str], Tuple[RealServer, ...]] = {}
 
     def settle(self) -> None:
         """End of a plan: keep only the entries it used (members that left go)."""
@@ -301,9 +304,10 @@ class _Planner:
                     f"{protocol}{why}; not rendered (keepalived rejects an empty virtual "
                     "server)")
                 continue
-            result.append(VirtualServer(vip, proxy, protocol, name, tuple(
-                sorted(real.values(), key=rs_sort_key)),
-                self.sorry_on(policy, name, proxy)))
+            ordered = _ordered(real, self.memo.orders.get((proxy, protocol), ()))
+            self.memo.orders[(proxy, protocol)] = ordered
+            result.append(VirtualServer(vip, proxy, protocol, name, ordered,
+                                        self.sorry_on(policy, name, proxy)))
         return result
 
     def sorry_on(self, policy: Policy, name: str, proxy: int) -> Policy:
@@ -319,6 +323,23 @@ class _Planner:
             f"{policy.forwarding_method} it receives packets on port {proxy} unchanged: "
             f"rendered as {sorry[0]} {proxy}")
         return replace(policy, sorry_server=(sorry[0], proxy))
+
+
+def _ordered(real: Dict[Tuple[str, int], RealServer],
+             before: Tuple[RealServer, ...]) -> Tuple[RealServer, ...]:
+    """``real``'s values sorted by :func:`rs_sort_key`, given *before* (the previous
+    order, of real servers the memo gives back as the very same objects): those still
+    there keep their order, and only the new ones are sorted and put in place -- one
+    member event costs a pass, not a sort of the service's real servers."""
+    kept = [rs for rs in before if real.get((rs.ip, rs.port)) is rs]
+    if len(kept) == len(real):
+        return before if len(kept) == len(before) else tuple(kept)
+    if not kept:
+        return tuple(sorted(real.values(), key=rs_sort_key))
+    old = {id(rs) for rs in kept}
+    for rs in (rs for rs in real.values() if id(rs) not in old):
+        kept.insert(bisect.bisect(kept, rs_sort_key(rs), key=rs_sort_key), rs)
+    return tuple(kept)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as hs
 
 from cartridge_agent_lvs.director.model import HealthCheck, Policy
 from cartridge_agent_lvs.director.plan import ip_sort_key, plan
@@ -345,3 +346,23 @@ def test_a_changed_service_replans_only_its_changed_members_with_the_same_result
         assert validated == ([] if name == "MemberSuspendedEvent" else
                              [st.member_id(0, i)])
         assert got == plan(settings, topology)     # config and warnings, in order
+
+
+@given(hs.sets(hs.integers(0, 600), max_size=40), hs.sets(hs.integers(0, 600), max_size=40))
+@hsettings(max_examples=200, deadline=None)
+def test_the_order_kept_from_the_previous_plan_is_the_sorted_order(before, after):
+    # real servers kept from the previous plan are the very objects (the memo gives
+    # them back); the others are new objects, some with an address seen before
+    from cartridge_agent_lvs.director.model import RealServer
+    from cartridge_agent_lvs.director.plan import _ordered, rs_sort_key
+
+    def server(n):
+        return RealServer(f"10.0.{n // 250}.{n % 250 + 1}" if n % 3 else f"fd00::{n:x}",
+                          80 + n % 2)
+    previous = {n: server(n) for n in before}
+    ordered = tuple(sorted(previous.values(), key=rs_sort_key))
+    now = {n: previous[n] if n in previous and n % 5 else server(n) for n in after}
+    real = {(rs.ip, rs.port): rs for rs in now.values()}
+    got = _ordered(real, ordered)
+    assert got == tuple(sorted(real.values(), key=rs_sort_key))
+    assert all(a is b for a, b in zip(got, sorted(real.values(), key=rs_sort_key)))
