@@ -100,7 +100,9 @@ class Drain:
             vs = wanted.get(key) or self._vs_shells[key]
             entries = tuple(leaving)
             old = built.get(key)
-            if old is not None and old[0] is vs and old[1] == entries:
+            if old is not None and old[0] is vs and len(old[1]) == len(entries) and all(
+                    rs is was and until == then
+                    for (rs, until), (was, then) in zip(entries, old[1])):
                 self._built[key] = old
                 servers.append(old[2])
                 continue

@@ -362,8 +362,9 @@ class ServicePlan:
 
 def plan_service(settings, name: str, vip: str, service: Optional[Service],
                  memo: Optional[MemberMemo] = None) -> ServicePlan:
-    """The part of the plan of service *name* on *vip*; pure (*memo*, the same
-    service's memo from its previous plans, only saves work)."""
+    """The part of the plan of service *name* on *vip*; pure (*memo*, the one kept
+    for this service -- these settings, name and VIP -- from its previous plans, only
+    saves work)."""
     method = settings.for_service(name).forwarding_method
     if service is None:
         return ServicePlan((), (f"service {name!r} (VIP {vip}) is not in the topology",),
