@@ -123,36 +123,42 @@ class Listener:
         self.proc.wait()
 
 
+def find_dest(messages, ip: str, family: int):
+    """The weight of real server *ip*:80 in *messages* (a service's undecoded
+    destinations, :meth:`~cartridge_agent_lvs.director.ipvs_netlink.IpvsDump.dest_messages`),
+    None when it is not there.  Only the message carrying its address attribute is
+    decoded -- as the kernel sends it (the 16-byte address union) or as long as the
+    address itself."""
+    from cartridge_agent_lvs.director.ipvs_netlink import dest_attributes
+    from cartridge_agent_lvs.director.stats import DEST_ADDR, dest_from_attrs
+    packed = socket.inet_pton(family, ip)
+    needles = [struct.pack("=HH", 4 + 16, DEST_ADDR) + packed.ljust(16, b"\0"),
+               struct.pack("=HH", 4 + len(packed), DEST_ADDR) + packed]
+    for message in messages:
+        if any(n in message for n in needles):
+            dest = dest_from_attrs(dest_attributes(message), family)
+            if dest.address == ip and dest.port == PORT:
+                return dest.weight
+    return None
+
+
 def read_dest(vip: str, ip: str):
     """``(service there, weight)`` of real server *ip* of IPVS service *vip*:80/TCP
     (weight None when the real server is absent), read with the product's generic
-    netlink code: the service list, then that service's real servers -- of which only
-    the one carrying *ip* is decoded (found by its address attribute in the raw
-    answer).  Decoding a 1,000-real-server answer costs about a second of the
-    emulated guest's processor: the observer must not compete with what it
-    measures."""
-    from cartridge_agent_lvs.director.ipvs_netlink import (GenlSocket, IpvsDump,
-                                                           dest_attributes)
-    from cartridge_agent_lvs.director.stats import DEST_ADDR, dest_from_attrs, \
-        service_from_attrs
-    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
-    packed = socket.inet_pton(family, ip)
-    # IPVS_DEST_ATTR_ADDR as the kernel sends it (the 16-byte address union), or as
-    # long as the address itself
-    needles = [struct.pack("=HH", 4 + 16, DEST_ADDR) + packed.ljust(16, b"\0"),
-               struct.pack("=HH", 4 + len(packed), DEST_ADDR) + packed]
+    netlink code: the service list, then that service's real servers, of which only
+    the one concerned is decoded (:func:`find_dest`).  Decoding a 1,000-real-server
+    answer costs about a second of the emulated guest's processor: the observer must
+    not compete with what it measures."""
+    from cartridge_agent_lvs.director.ipvs_netlink import GenlSocket, IpvsDump
+    from cartridge_agent_lvs.director.stats import service_from_attrs
     sock = GenlSocket(None)
     try:
         ipvs = IpvsDump(sock)
         for attrs in ipvs.services():
             found = service_from_attrs(attrs)
             if found.address == vip and found.port == PORT and found.protocol == "TCP":
-                for message in ipvs.dest_messages(attrs):
-                    if any(n in message for n in needles):
-                        dest = dest_from_attrs(dest_attributes(message), family)
-                        if dest.address == ip and dest.port == PORT:
-                            return True, dest.weight
-                return True, None
+                family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+                return True, find_dest(ipvs.dest_messages(attrs), ip, family)
         return False, None
     finally:
         sock.close()
