@@ -28,8 +28,8 @@ thread is not started.
 The sizes use 10 services of N/10 real servers (as in issue 14), plus the probe; the
 real servers are addresses of a local route in the namespace, accepted by one
 listener -- a process of its own, as a real server is another machine: it does not
-compete with the measured loop for the interpreter -- so every TCP_CHECK succeeds (``delay_loop`` 30 s, ``connect_timeout`` 3 s
-for the big services).
+compete with the measured loop for the interpreter -- so every TCP_CHECK succeeds
+(``delay_loop`` 30 s, ``connect_timeout`` 3 s for the big services).
 
 By default this boots the e2e suite's kernel VM and runs itself inside with
 ``--here`` (wrap it in ``/work/bin/vmslot``); ``--here`` makes a throwaway network
@@ -125,8 +125,7 @@ class Listener:
 
 def find_dest(messages, ip: str, family: int):
     """The weight of real server *ip*:80 in *messages* (a service's undecoded
-    destinations, :meth:`~cartridge_agent_lvs.director.ipvs_netlink.IpvsDump.dest_messages`),
-    None when it is not there.  Only the message carrying its address attribute is
+    destinations: ``IpvsDump.dest_messages``), None when it is not there.  Only the message carrying its address attribute is
     decoded -- as the kernel sends it (the 16-byte address union) or as long as the
     address itself."""
     from cartridge_agent_lvs.director.ipvs_netlink import dest_attributes
