@@ -115,7 +115,8 @@ def here(args) -> dict:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
         setup = populate(ns, config, ipvsadm)
         director = service.Director(settings, service.keepalived_for(settings),
-                                    read_kernel=lambda: stats.read_ipvs(ns))
+                                    read_kernel=lambda dests_of=None: stats.read_ipvs(
+                                        ns, dests_of=dests_of))
         director.served = config
         server = service.serve_metrics(director, ("127.0.0.1", 0),
                                        lambda ifname: interface_addresses(ifname, ns))
@@ -144,7 +145,8 @@ def here(args) -> dict:
         # metrics_real_servers = false: the same kernel, per virtual server and cluster only
         lean = service.Director(load(dict(settings_values, metrics_real_servers=False)),
                                 service.keepalived_for(settings),
-                                read_kernel=lambda: stats.read_ipvs(ns))
+                                read_kernel=lambda dests_of=None: stats.read_ipvs(
+                                        ns, dests_of=dests_of))
         lean.served = config
         lean_server = service.serve_metrics(lean, ("127.0.0.1", 0),
                                             lambda ifname: interface_addresses(ifname, ns))
@@ -212,7 +214,8 @@ def replay(args) -> dict:
         def close(self):
             pass
     stats.read_ipvs(None, sock_factory=lambda netns: Recorder())
-    read = lambda: stats.read_ipvs(None, sock_factory=lambda netns: Replay())  # noqa: E731
+    read = lambda dests_of=None: stats.read_ipvs(  # noqa: E731
+        None, sock_factory=lambda netns: Replay(), dests_of=dests_of)
     def scrape(real_servers: bool):
         director = service.Director(settings if real_servers else load(
             dict(values, metrics_real_servers=False)), service.keepalived_for(settings),

@@ -21,13 +21,15 @@ each clock when IPVS itself (generic netlink, read by this process) shows the ch
 The observer is kept light: after a member event IPVS is read only once the loop has
 sent its SIGHUP, and only the virtual service concerned (the service list, then its
 real servers -- not the whole table, whose decoding in Python costs seconds at 10,000
-real servers in the emulated guest).  The loop is driven by hand: the convergence
-watcher's thread is not started.
+real servers in the emulated guest), of which only the real server concerned is
+decoded (:func:`read_dest`).  The loop is driven by hand: the convergence watcher's
+thread is not started.
 
 The sizes use 10 services of N/10 real servers (as in issue 14), plus the probe; the
 real servers are addresses of a local route in the namespace, accepted by one
-listener, so every TCP_CHECK succeeds (``delay_loop`` 30 s, ``connect_timeout`` 3 s
-for the big services).
+listener -- a process of its own, as a real server is another machine: it does not
+compete with the measured loop for the interpreter -- so every TCP_CHECK succeeds
+(``delay_loop`` 30 s, ``connect_timeout`` 3 s for the big services).
 
 By default this boots the e2e suite's kernel VM and runs itself inside with
 ``--here`` (wrap it in ``/work/bin/vmslot``); ``--here`` makes a throwaway network
@@ -46,10 +48,10 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -79,31 +81,75 @@ def summary(values) -> dict:
 
 # -- inside the namespace -------------------------------------------------------------
 
-class Listener(threading.Thread):
-    """Accepts and closes every connection to port 80 (all real servers)."""
+def listen() -> None:
+    """Accept and close every connection to port 80 (all real servers), forever.
+
+    Run as a process of its own (``--listen``, see :class:`Listener`): at 10,000 real
+    servers keepalived's checks arrive by hundreds a second, and a thread in the
+    process that runs the service loop would compete with it for the interpreter --
+    a real server is another machine."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", PORT))
+    sock.listen(4096)
+    while True:
+        conn, _ = sock.accept()
+        conn.close()
+
+
+class Listener:
+    """The real servers' stand-in: :func:`listen` in its own process."""
 
     def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("0.0.0.0", PORT))
-        self.sock.listen(4096)
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--listen"],
+                                     stdin=subprocess.DEVNULL)
 
-    def run(self) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
+        """Until port 80 accepts (a Python start takes seconds in the emulated guest)."""
+        deadline = time.monotonic() + timeout
         while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the listener exited with {self.proc.returncode}")
             try:
-                conn, _ = self.sock.accept()
-                conn.close()
-            except OSError:
+                socket.create_connection(("127.0.0.1", PORT), timeout=1).close()
                 return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the listener did not accept within {timeout:g} s")
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
-def read_service(vip: str) -> list:
-    """The IPVS service *vip*:80/TCP with its real servers ([] when absent), read with
-    the product's generic netlink code: the service list, then that one's real
-    servers."""
+def find_dest(messages, ip: str, family: int):
+    """The weight of real server *ip*:80 in *messages* (a service's undecoded
+    destinations: ``IpvsDump.dest_messages``), None when it is not there.  Only the message carrying its address attribute is
+    decoded -- as the kernel sends it (the 16-byte address union) or as long as the
+    address itself."""
+    from cartridge_agent_lvs.director.ipvs_netlink import dest_attributes
+    from cartridge_agent_lvs.director.stats import DEST_ADDR, dest_from_attrs
+    packed = socket.inet_pton(family, ip)
+    needles = [struct.pack("=HH", 4 + 16, DEST_ADDR) + packed.ljust(16, b"\0"),
+               struct.pack("=HH", 4 + len(packed), DEST_ADDR) + packed]
+    for message in messages:
+        if any(n in message for n in needles):
+            dest = dest_from_attrs(dest_attributes(message), family)
+            if dest.address == ip and dest.port == PORT:
+                return dest.weight
+    return None
+
+
+def read_dest(vip: str, ip: str):
+    """``(service there, weight)`` of real server *ip* of IPVS service *vip*:80/TCP
+    (weight None when the real server is absent), read with the product's generic
+    netlink code: the service list, then that service's real servers, of which only
+    the one concerned is decoded (:func:`find_dest`).  Decoding a 1,000-real-server
+    answer costs about a second of the emulated guest's processor: the observer must
+    not compete with what it measures."""
     from cartridge_agent_lvs.director.ipvs_netlink import GenlSocket, IpvsDump
-    from cartridge_agent_lvs.director.stats import dest_from_attrs, service_from_attrs
+    from cartridge_agent_lvs.director.stats import service_from_attrs
     sock = GenlSocket(None)
     try:
         ipvs = IpvsDump(sock)
@@ -111,9 +157,8 @@ def read_service(vip: str) -> list:
             found = service_from_attrs(attrs)
             if found.address == vip and found.port == PORT and found.protocol == "TCP":
                 family = socket.AF_INET6 if ":" in vip else socket.AF_INET
-                return [replace(found, dests=tuple(dest_from_attrs(d, family)
-                                                   for d in ipvs.dests(attrs)))]
-        return []
+                return True, find_dest(ipvs.dest_messages(attrs), ip, family)
+        return False, None
     finally:
         sock.close()
 
@@ -151,12 +196,12 @@ class Run:
                                                    self.inactive.items()})
 
     def pump(self, until, timeout: float, what: str, start: float = 0.0,
-             vip: str = "", after_reload: bool = False) -> float:
-        """Tick the loop and poll IPVS until ``until(kernel)``; seconds since *start*
-        (default: now).  With *vip* only that virtual service is read (one service's
-        real servers, not the whole table: the observer must not slow the guest down);
-        with *after_reload* IPVS is read only once the loop has sent its SIGHUP (it
-        cannot show the change before)."""
+             dest=None, after_reload: bool = False, interval: float = 0.01) -> float:
+        """Tick the loop and poll IPVS every *interval* until ``until(reading)``;
+        seconds since *start* (default: now).  The reading is the whole table, or with
+        *dest* = (vip, ip) only :func:`read_dest` of that real server (the observer
+        must not slow the guest down); with *after_reload* IPVS is read only once the
+        loop has sent its SIGHUP (it cannot show the change before)."""
         from cartridge_agent_lvs.director.stats import read_ipvs
         start = start or time.monotonic()
         reloads, self.signalled = self.director.reloads, None
@@ -166,11 +211,11 @@ class Run:
             if self.signalled is None and self.director.reloads > reloads:
                 self.signalled = time.monotonic() - start     # validated, written, SIGHUP
             if not (after_reload and self.signalled is None) and until(
-                    read_service(vip) if vip else read_ipvs()):
+                    read_dest(*dest) if dest else read_ipvs()):
                 return time.monotonic() - start
             if now - start > timeout:
                 raise TimeoutError(f"{what}: not seen in IPVS within {timeout:g} s")
-            time.sleep(0.01)
+            time.sleep(interval)
 
     def start(self) -> float:
         from cartridge_agent_lvs.director.feeds import FeedUpdate
@@ -196,7 +241,8 @@ class Run:
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                stdin=subprocess.DEVNULL))
         want = self.size + PROBE_MEMBERS
-        self.pump(lambda k: sum(len(s.dests) for s in k) >= want, 600, "keepalived start")
+        self.pump(lambda k: sum(len(s.dests) for s in k) >= want, 600, "keepalived start",
+                  interval=0.5)
         for _, part in self.layout.instances() if self.shards else [(0, self.layout)]:
             pidfile = part.pidfile
             deadline = time.monotonic() + 60
@@ -217,17 +263,14 @@ class Run:
         gone = name != "MemberActivatedEvent"
         drain = self.director.drain.drain_seconds > 0
 
-        def shown(kernel):
-            for svc in kernel:
-                if svc.address == vip and svc.port == PORT:
-                    dest = next((d for d in svc.dests if d.address == ip), None)
-                    if drain:
-                        return dest is not None and (dest.weight == 0) == gone
-                    return (dest is None) == gone
-            return False
+        def shown(reading):
+            there, weight = reading
+            if drain:
+                return there and weight is not None and (weight == 0) == gone
+            return there and (weight is None) == gone
         t0 = time.monotonic()
         self.director.handle(FeedUpdate(name, self.st.member_event(s, i), "bench"), t0)
-        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0, vip=vip,
+        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0, dest=(vip, ip),
                          after_reload=True)
 
     def probe(self, s: int, i: int) -> dict:
@@ -242,10 +285,11 @@ class Run:
         subprocess.run(["ip", "addr", "del", f"{dead}/32", "dev", "lo"], check=True)
         killed = time.monotonic()
 
-        def removed(kernel):
-            svc = next((x for x in kernel if x.address == vip and x.port == PORT), None)
-            return svc is not None and all(d.address != dead for d in svc.dests)
-        seconds = self.pump(removed, 900, "dead probe real server", killed, vip=vip)
+        def removed(reading):
+            there, weight = reading
+            return there and weight is None
+        seconds = self.pump(removed, 900, "dead probe real server", killed,
+                            dest=(vip, dead))
         subprocess.run(["ip", "addr", "add", f"{dead}/32", "dev", "lo"], check=True)
         return {"removed_after": round(seconds, 3), "apply_seconds": round(killed - t0, 3)}
 
@@ -343,20 +387,25 @@ def inner(args) -> dict:
     for i in range(PROBE_MEMBERS):              # the probe's members, one by one
         subprocess.run(["ip", "addr", "add", f"{st.member_ip(PROBE, i)}/32", "dev", "lo"],
                        check=True)
-    Listener().start()
-    results = []
-    empty = empty_shard_then_filled()
-    print(f"  empty shard, then filled: {empty}", flush=True)
-    for size in args.sizes:
-        for shards in [{"single": 0, "sharded": args.shards}[name] for name in args.layouts]:
-            events = args.events
-            if shards == 0 and size >= 10000 and args.single_events_at_10000:
-                events = args.single_events_at_10000
-            results.append(one(args, size, shards, events))
-            if args.json:
-                with open(args.json, "w") as f:
-                    json.dump({"runs": results, "empty_shard": empty, "args": vars(args)},
-                              f, indent=1)
+    listener = Listener()
+    try:
+        listener.wait_ready()
+        results = []
+        empty = empty_shard_then_filled()
+        print(f"  empty shard, then filled: {empty}", flush=True)
+        for size in args.sizes:
+            for shards in [{"single": 0, "sharded": args.shards}[name]
+                           for name in args.layouts]:
+                events = args.events
+                if shards == 0 and size >= 10000 and args.single_events_at_10000:
+                    events = args.single_events_at_10000
+                results.append(one(args, size, shards, events))
+                if args.json:
+                    with open(args.json, "w") as f:
+                        json.dump({"runs": results, "empty_shard": empty,
+                                   "args": vars(args)}, f, indent=1)
+    finally:
+        listener.stop()
     return {"runs": results, "empty_shard": empty}
 
 
@@ -447,9 +496,13 @@ def main() -> int:
     parser.add_argument("--drain-events", type=int, default=6)
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--listen", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
+    if args.listen:
+        listen()
+        return 0
     if args.inner:
         result = inner(args)
     elif args.here:

@@ -34,8 +34,11 @@ class Drain:
 
     Work per call is proportional to what changed: a virtual server whose real
     servers are the very ones of the previous call is passed through as it is (the
-    same object, so an unchanged shard stays unchanged), and only virtual servers
-    with a real server draining are rebuilt, in the planner's order.
+    same object, so an unchanged shard stays unchanged), and a virtual server with a
+    real server draining is rebuilt, in the planner's order, only when it or its
+    draining real servers changed -- otherwise the object built last time is given
+    again, so an event elsewhere does not make it look changed to the guard, the
+    renderer and the convergence watcher.
     """
 
     def __init__(self, drain_seconds: float) -> None:
@@ -47,6 +50,8 @@ class Drain:
         # (vs key, rs key) -> (the real server as it was before leaving, removal time)
         self._draining: Dict[Tuple[VsKey, RsKey], Tuple[RealServer, float]] = {}
         self._vs_shells: Dict[VsKey, VirtualServer] = {}
+        #: vs key -> (desired virtual server, its draining entries, what was built)
+        self._built: Dict[VsKey, Tuple[VirtualServer, tuple, VirtualServer]] = {}
 
     @property
     def draining(self) -> int:
@@ -87,13 +92,24 @@ class Drain:
         for (vs_key, _), (rs, until) in self._draining.items():
             extra.setdefault(vs_key, []).append((rs, until))
         self._vs_shells = {k: v for k, v in self._vs_shells.items() if k in extra}
+        built, self._built = self._built, {}
         if not extra:
             return desired
         servers = [vs for vs in desired.virtual_servers if vs.key not in extra]
         for key, leaving in extra.items():
             vs = wanted.get(key) or self._vs_shells[key]
+            entries = tuple(leaving)
+            old = built.get(key)
+            if old is not None and old[0] is vs and len(old[1]) == len(entries) and all(
+                    rs is was and until == then
+                    for (rs, until), (was, then) in zip(entries, old[1])):
+                self._built[key] = old
+                servers.append(old[2])
+                continue
             merged = vs.real_servers + _leaving(leaving, key not in wanted)
-            servers.append(replace(vs, real_servers=tuple(sorted(merged, key=rs_sort_key))))
+            result = replace(vs, real_servers=tuple(sorted(merged, key=rs_sort_key)))
+            self._built[key] = (vs, entries, result)
+            servers.append(result)
         return replace(desired, virtual_servers=tuple(sorted(servers, key=vs_sort_key)))
 
 

@@ -141,21 +141,36 @@ class IpvsDump:
 
     def dests(self, service: Attrs) -> List[Attrs]:
         """The attributes of every destination of *service* (``IPVS_DEST_ATTR_*``)."""
+        return [dest_attributes(p) for p in self.dest_messages(service)]
+
+    def dest_messages(self, service: Attrs) -> List[bytes]:
+        """The undecoded answer, one message per destination of *service* (a caller
+        looking for one destination decodes only that one: :func:`dest_attributes`)."""
         key = b"".join(_attr(kind, service[kind]) for kind in SERVICE_KEY if kind in service)
-        return self._dump(IPVS_CMD_GET_DEST, _attr(IPVS_CMD_ATTR_SERVICE, key),
-                          IPVS_CMD_ATTR_DEST)
+        return self._exchange(lambda seq: request(
+            self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION, seq, NLM_F_DUMP,
+            _attr(IPVS_CMD_ATTR_SERVICE, key)))
+
+
+def dest_attributes(message: bytes) -> Attrs:
+    """The ``IPVS_DEST_ATTR_*`` attributes of one answer of :meth:`IpvsDump.dest_messages`."""
+    return attributes(attributes(message, _GENLMSGHDR.size).get(IPVS_CMD_ATTR_DEST, b""))
 
 
 def dump(netns: Optional[str] = None,
-         sock_factory: Callable[[Optional[str]], object] = GenlSocket
-         ) -> List[Tuple[Attrs, List[Attrs]]]:
+         sock_factory: Callable[[Optional[str]], object] = GenlSocket,
+         wanted: Optional[Callable[[Attrs], bool]] = None
+         ) -> List[Tuple[Attrs, Optional[List[Attrs]]]]:
     """Every IPVS service with its destinations, as raw attributes.
 
-    Raises :class:`NoIpvs`, ``FileNotFoundError`` (no such namespace) or ``OSError``.
+    *wanted*: whether a service's destinations are asked for (None: every service's);
+    the others come with None.  Raises :class:`NoIpvs`, ``FileNotFoundError`` (no such
+    namespace) or ``OSError``.
     """
     sock = sock_factory(netns)
     try:
         ipvs = IpvsDump(sock)
-        return [(service, ipvs.dests(service)) for service in ipvs.services()]
+        return [(service, ipvs.dests(service) if wanted is None or wanted(service) else None)
+                for service in ipvs.services()]
     finally:
         sock.close()

@@ -88,14 +88,18 @@ class Keepalived:
         self.reload_command: Optional[Tuple[str, ...]] = (
             tuple(reload_command) if reload_command else None)
         self.timeout = timeout
+        self._blocks = None
 
     # -- the layout the service loop drives (see also shards.ShardedKeepalived) -----
 
-    @staticmethod
-    def render(config) -> str:
-        """The one file for *config*."""
-        from .render import render
-        return render(config)
+    def render(self, config) -> str:
+        """The one file for *config* (unchanged virtual servers' text kept from the
+        previous call: :class:`~.render.Blocks`)."""
+        from .render import Blocks, render
+        if self._blocks is None:
+            self._blocks = Blocks()
+        self._blocks.forget_others(vs.key for vs in config.virtual_servers)
+        return render(config, self._blocks)
 
     def live_config(self):
         """The :class:`~.model.LvsConfig` the live file serves (without its VRRP part),

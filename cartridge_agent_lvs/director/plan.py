@@ -31,6 +31,7 @@ Rules (see the keepalived notes in the README):
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 from dataclasses import dataclass, fields, replace
@@ -141,11 +142,41 @@ def _member_port(member: Member, proxy: int, service_port: Port) -> object:
     return service_port.value if service_port.value is not None else proxy
 
 
+class MemberMemo:
+    """What planning one service concluded about each of its members, kept from one
+    plan of the service to the next (:class:`~.service.PlanCache` holds one per mapped
+    service; the planner stays a function of its inputs).
+
+    A member event changes one member of a service of up to thousands: with the memo,
+    the others cost a look-up each instead of validating their ids, parsing their
+    address and port and building their real server again.  An entry is used only for
+    the very same member value (and portMap entry) it was made from, and replays the
+    warnings it made.
+    """
+
+    def __init__(self) -> None:
+        #: (cluster id, member id) -> (member, its address or None, warnings)
+        self.addresses: Dict[Tuple[str, str], tuple] = {}
+        #: (cluster id, member id, proxy, protocol) -> (member, portMap entry, real server
+        #: or None, warnings, the member port DR/TUN cannot map or None)
+        self.servers: Dict[tuple, tuple] = {}
+        self.next_addresses: Dict[Tuple[str, str], tuple] = {}
+        self.next_servers: Dict[tuple, tuple] = {}
+        #: (proxy, protocol) -> the real servers of that virtual server, in order
+        self.orders: Dict[Tuple[int, str], Tuple[RealServer, ...]] = {}
+
+    def settle(self) -> None:
+        """End of a plan: keep only the entries it used (members that left go)."""
+        self.addresses, self.next_addresses = self.next_addresses, {}
+        self.servers, self.next_servers = self.next_servers, {}
+
+
 class _Planner:
     """Plans one mapped service (one name and VIP of ``vip_map``)."""
 
-    def __init__(self, settings) -> None:
+    def __init__(self, settings, memo: Optional[MemberMemo] = None) -> None:
         self.settings = settings
+        self.memo = memo or MemberMemo()
         self.warnings: List[str] = []
         #: every VIP:port:protocol the service claims, rendered or not, in order
         self.claims: List[VsKey] = []
@@ -165,6 +196,18 @@ class _Planner:
 
     def member_address(self, member: Member, vip: str) -> Optional[str]:
         """The member's validated address for *vip*, or None (warned)."""
+        key = (member.cluster_id, member.member_id)
+        hit = self.memo.addresses.get(key)
+        if hit is None or (hit[0] is not member and hit[0] != member):
+            start = len(self.warnings)
+            address = self._member_address(member, vip)
+            hit = (member, address, tuple(self.warnings[start:]))
+        elif hit[2]:
+            self.warnings.extend(hit[2])
+        self.memo.next_addresses[key] = hit
+        return hit[1]
+
+    def _member_address(self, member: Member, vip: str) -> Optional[str]:
         version = _family(vip)
         try:
             check_safe_name(member.member_id, "memberId")
@@ -194,21 +237,41 @@ class _Planner:
             return None
         return ip
 
-    def real_port(self, member: Member, key: PortKey, service_port: Port,
-                  method: str) -> Optional[int]:
-        _, proxy, _ = key
+    def real_server(self, member: Member, address: str, key: PortKey, service_port: Port,
+                    method: str, weight: int) -> Optional[RealServer]:
+        """The member's real server under port *key* (None: warned), and what DR/TUN
+        cannot map recorded."""
+        _, proxy, protocol = key
+        memo_key = (member.cluster_id, member.member_id, proxy, protocol)
+        hit = self.memo.servers.get(memo_key)
+        if hit is None or (hit[0] is not member and hit[0] != member) or (
+                hit[1] is not service_port and hit[1] != service_port):
+            start = len(self.warnings)
+            port, unmapped = self._real_port(member, proxy, service_port, method)
+            server = port and RealServer(address, port, weight, member.member_id,
+                                         member.cluster_id)
+            hit = (member, service_port, server, tuple(self.warnings[start:]), unmapped)
+        elif hit[3]:
+            self.warnings.extend(hit[3])
+        self.memo.next_servers[memo_key] = hit
+        if hit[4] is not None:
+            self.unmapped.setdefault(key, {}).setdefault(hit[4], set()).add(member.member_id)
+        return hit[2]
+
+    def _real_port(self, member: Member, proxy: int, service_port: Port,
+                   method: str) -> Tuple[Optional[int], Optional[int]]:
+        """(the real server's port or None (warned), the member port DR/TUN cannot map
+        or None)."""
         raw = _member_port(member, proxy, service_port)
         try:
             value = parse_port(raw, "port")
         except InputError:
             self.warnings.append(f"skipped member {_q(member.member_id)} on port {proxy}: "
                                  f"its port {_q(raw)} is not a port 1-65535")
-            return None
+            return None, None
         if method == "NAT":
-            return value
-        if value != proxy:
-            self.unmapped.setdefault(key, {}).setdefault(value, set()).add(member.member_id)
-        return proxy
+            return value, None
+        return proxy, (value if value != proxy else None)
 
     def virtual_servers(self, name: str, vip: str, service: Service) -> List[VirtualServer]:
         svc = self.settings.for_service(name)
@@ -226,13 +289,13 @@ class _Planner:
         for (proxy, protocol), service_port in sorted(ports.items()):
             self.claims.append((vip, proxy, protocol))
             real: Dict[Tuple[str, int], RealServer] = {}
+            key = (name, proxy, protocol)
             for member in served:
                 address = addresses[member.member_id]
-                port = address and self.real_port(member, (name, proxy, protocol),
-                                                  service_port, svc.forwarding_method)
-                if address and port:
-                    real.setdefault((address, port), RealServer(
-                        address, port, svc.weight, member.member_id, member.cluster_id))
+                server = address and self.real_server(member, address, key, service_port,
+                                                      svc.forwarding_method, svc.weight)
+                if server:
+                    real.setdefault((address, server.port), server)
             if not real:
                 why = (f" ({filtered} Active member{'s' if filtered > 1 else ''} left out "
                        "by cluster_ids / network_partition_id)" if filtered else "")
@@ -241,9 +304,10 @@ class _Planner:
                     f"{protocol}{why}; not rendered (keepalived rejects an empty virtual "
                     "server)")
                 continue
-            result.append(VirtualServer(vip, proxy, protocol, name, tuple(
-                sorted(real.values(), key=rs_sort_key)),
-                self.sorry_on(policy, name, proxy)))
+            ordered = _ordered(real, self.memo.orders.get((proxy, protocol), ()))
+            self.memo.orders[(proxy, protocol)] = ordered
+            result.append(VirtualServer(vip, proxy, protocol, name, ordered,
+                                        self.sorry_on(policy, name, proxy)))
         return result
 
     def sorry_on(self, policy: Policy, name: str, proxy: int) -> Policy:
@@ -259,6 +323,23 @@ class _Planner:
             f"{policy.forwarding_method} it receives packets on port {proxy} unchanged: "
             f"rendered as {sorry[0]} {proxy}")
         return replace(policy, sorry_server=(sorry[0], proxy))
+
+
+def _ordered(real: Dict[Tuple[str, int], RealServer],
+             before: Tuple[RealServer, ...]) -> Tuple[RealServer, ...]:
+    """``real``'s values sorted by :func:`rs_sort_key`, given *before* (the previous
+    order, of real servers the memo gives back as the very same objects): those still
+    there keep their order, and only the new ones are sorted and put in place -- one
+    member event costs a pass, not a sort of the service's real servers."""
+    kept = [rs for rs in before if real.get((rs.ip, rs.port)) is rs]
+    if len(kept) == len(real):
+        return before if len(kept) == len(before) else tuple(kept)
+    if not kept:
+        return tuple(sorted(real.values(), key=rs_sort_key))
+    old = {id(rs) for rs in kept}
+    for rs in (rs for rs in real.values() if id(rs) not in old):
+        kept.insert(bisect.bisect(kept, rs_sort_key(rs), key=rs_sort_key), rs)
+    return tuple(kept)
 
 
 @dataclass(frozen=True)
@@ -279,14 +360,18 @@ class ServicePlan:
     forwarding_method: str
 
 
-def plan_service(settings, name: str, vip: str, service: Optional[Service]) -> ServicePlan:
-    """The part of the plan of service *name* on *vip*; pure."""
+def plan_service(settings, name: str, vip: str, service: Optional[Service],
+                 memo: Optional[MemberMemo] = None) -> ServicePlan:
+    """The part of the plan of service *name* on *vip*; pure (*memo*, the one kept
+    for this service -- these settings, name and VIP -- from its previous plans, only
+    saves work)."""
     method = settings.for_service(name).forwarding_method
     if service is None:
         return ServicePlan((), (f"service {name!r} (VIP {vip}) is not in the topology",),
                            (), (), method)
-    planner = _Planner(settings)
+    planner = _Planner(settings, memo)
     servers = planner.virtual_servers(name, vip, service)
+    planner.memo.settle()
     unmapped = tuple((key, tuple((port, frozenset(ids)) for port, ids in sorted(t.items())))
                      for key, t in sorted(planner.unmapped.items()))
     return ServicePlan(tuple(servers), tuple(planner.warnings), tuple(planner.claims),

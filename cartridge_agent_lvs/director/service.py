@@ -61,7 +61,7 @@ from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
 from .metrics import KernelCollector, LoopMetrics, MetricsServer
 from .model import LvsConfig
-from .plan import Plan, ServicePlan, combine, plan_service, vrrp_of
+from .plan import MemberMemo, Plan, ServicePlan, combine, plan_service, vrrp_of
 from .render import RenderedFileError
 from .settings import read_secret
 from .shards import ShardedKeepalived
@@ -137,12 +137,14 @@ class PlanCache:
     (:func:`~.topology.apply_event` keeps the other services' values as they were, so
     the comparison is mostly an identity check).  An unchanged service yields the very
     same :class:`~.model.VirtualServer` objects, which lets the guard, the drain and
-    the sharded renderer skip it cheaply too.
+    the sharded renderer skip it cheaply too.  A service that changed is planned with
+    its :class:`~.plan.MemberMemo`: its unchanged members cost a look-up each.
     """
 
     def __init__(self, settings) -> None:
         self.settings = settings
         self._parts: Dict[Tuple[str, str], Tuple[Optional[Service], ServicePlan]] = {}
+        self._memos: Dict[Tuple[str, str], MemberMemo] = {}
         self.planned = 0        #: services planned (not taken from the cache)
 
     def plan(self, topology: Topology) -> Plan:
@@ -154,7 +156,8 @@ class PlanCache:
             if old is not None and (old[0] is service or old[0] == service):
                 part = old[1]
             else:
-                part = plan_service(self.settings, name, vip, service)
+                memo = self._memos.setdefault((name, vip), MemberMemo())
+                part = plan_service(self.settings, name, vip, service, memo)
                 self.planned += 1
             kept[(name, vip)] = (service, part)
             parts.append((name, part))
@@ -221,13 +224,14 @@ class Director:
     :param reload_backoff: delays between reload retries (default 1 s doubling to
         60 s, with jitter).
     :param read_kernel: reads the IPVS table (default: :func:`~.stats.read_ipvs` in
-        this network namespace), for the convergence watcher.
+        this network namespace), for the metrics, the announcer and the convergence
+        watcher, which passes ``dests_of`` (the services whose real servers it needs).
     :param clock: the loop's clock (the watcher's times must be comparable).
     """
 
     def __init__(self, settings, keepalived: Keepalived,
                  reload_backoff: Optional[Backoff] = None,
-                 read_kernel: Optional[Callable[[], tuple]] = None,
+                 read_kernel: Optional[Callable[..., tuple]] = None,
                  clock: Clock = time.monotonic) -> None:
         self.settings = settings
         self.keepalived = keepalived

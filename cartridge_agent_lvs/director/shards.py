@@ -44,7 +44,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .keepalived import Keepalived, _fsync_dir
 from .model import LvsConfig, VirtualServer
-from .render import parse_rendered, render_checkers, render_vrrp
+from .render import Blocks, parse_rendered, render_checkers, render_vrrp
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,9 @@ class ShardedKeepalived:
         #: shard -> (its part of the configuration, its text): an unchanged shard is
         #: not rendered again
         self._rendered: Dict[int, Tuple[LvsConfig, str]] = {}
+        #: and within a changed shard, each unchanged virtual server (and real server)
+        #: is not rendered again either
+        self._blocks = Blocks()
         #: instance -> the text this object last wrote to its file or found there
         self._in_place: Dict[int, str] = {}
 
@@ -145,6 +148,7 @@ class ShardedKeepalived:
         parts = split(config, where, self.shards)
         for n in range(1, len(parts) + 1):
             self._part(n)
+        self._blocks.forget_others(where)
         return (render_vrrp(config),) + tuple(self._render_part(n, p)
                                               for n, p in enumerate(parts, 1))
 
@@ -152,7 +156,7 @@ class ShardedKeepalived:
         cached = self._rendered.get(n)
         if cached is not None and cached[0] == part:
             return cached[1]
-        text = render_checkers(part)
+        text = render_checkers(part, self._blocks)
         self._rendered[n] = (part, text)
         return text
 

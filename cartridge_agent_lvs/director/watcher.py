@@ -9,10 +9,18 @@ topology event that caused the change to that moment.  If IPVS does not show it
 within :func:`~.converge.bound`, one error names what is missing and what is
 unexpected, and the thread keeps watching at a slower pace to log the recovery.
 
+Only what a reload changed is read back: the service list (short) and the real
+servers of the virtual servers whose desired state differs from what was served
+before (:func:`~.converge.changed_virtual_servers`) -- at 10,000 real servers one
+member event reads one virtual server's, not the whole table, whose decoding costs
+seconds in an emulated guest and would compete with the loop for the interpreter.
+After a start (nothing served before) every virtual server is read.
+
 A new expectation replaces the one being watched; what the old one still waited
-for (its cause and the new real servers not yet seen) carries over when still
-desired.  Polling starts every 50 ms and slows down to 0.5 s, never faster than
-twice the time one read takes (a large table is expensive to dump).
+for (its cause, the virtual servers it still had to read and the new real servers
+not yet seen) carries over when still desired.  Polling starts every 50 ms and
+slows down to 0.5 s, never faster than twice the time one read takes (a large table
+is expensive to dump).
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, FrozenSet, Optional, Sequence, Set
+from typing import Callable, Dict, FrozenSet, Optional, Sequence
 
 from ..errors import HostError
-from .converge import Drift, bound, compare, kernel_slots, new_slots, still_desired
+from .converge import (Drift, RsKey, VsKey, bound, by_virtual_server,
+                       changed_virtual_servers, compare, kernel_key, new_slots,
+                       still_desired)
 from .guard import Slot
 from .model import LvsConfig
 from .stats import IpvsUnavailable, ServiceStats
@@ -41,7 +51,10 @@ class _Target:
     since: float                    #: when keepalived was told (the watcher's clock)
     cause: Optional[float]          #: when the causing topology change was received
     deadline: float
-    pending: Set[Slot] = field(default_factory=set)   #: new real servers not yet seen
+    #: new real servers not yet seen, by virtual server
+    pending: Dict[VsKey, FrozenSet[RsKey]] = field(default_factory=dict)
+    #: the virtual servers whose real servers are read (None: all)
+    touched: Optional[FrozenSet[VsKey]] = None
     timed_out: bool = False
     done: bool = False
     interval: float = FIRST_POLL
@@ -62,11 +75,13 @@ class Report:
 class ConvergenceWatcher:
     """Polls IPVS after each reload until it shows the desired configuration.
 
-    :param read: returns the IPVS table (``HostError`` when it cannot be read).
+    :param read: returns the IPVS table (``HostError`` when it cannot be read), given
+        ``dests_of`` (as :func:`~.stats.read_ipvs`): which services' real servers it
+        must read (None: all).
     :param metrics: the :class:`~.metrics.LoopMetrics` to record into.
     """
 
-    def __init__(self, read: Callable[[], Sequence[ServiceStats]], metrics,
+    def __init__(self, read: Callable[..., Sequence[ServiceStats]], metrics,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._read = read
         self._metrics = metrics
@@ -85,15 +100,20 @@ class ConvergenceWatcher:
                cause: Optional[float] = None) -> None:
         """IPVS should now show *desired* (*previous* was served before it)."""
         now = self._clock()
-        pending = set(new_slots(desired, previous))
+        pending = by_virtual_server(new_slots(desired, previous))
+        touched = changed_virtual_servers(desired, previous)
         with self._lock:
             old = self._target
             if old is not None and not old.done:
-                if old.pending:
-                    pending |= still_desired(old.pending, desired, old.desired)
+                for key, rs_keys in still_desired(old.pending, desired,
+                                                  old.desired).items():
+                    pending[key] = pending[key] | rs_keys if key in pending else rs_keys
                 if old.cause is not None:
                     cause = old.cause if cause is None else min(cause, old.cause)
-            self._target = _Target(desired, now, cause, now + bound(desired), pending)
+                if touched is not None:
+                    touched = None if old.touched is None else touched | old.touched
+            self._target = _Target(desired, now, cause, now + bound(desired), pending,
+                                   touched)
             self.report = Report(WAITING, now)
         self._metrics.converged.set(0)
         self._wake.set()
@@ -102,7 +122,8 @@ class ConvergenceWatcher:
         """New real servers of the watched configuration not yet seen in IPVS."""
         with self._lock:
             target = self._target
-            return frozenset(target.pending) if target is not None else frozenset()
+            pending = target.pending if target is not None else {}
+            return frozenset((vs, rs) for vs, keys in pending.items() for rs in keys)
 
     # -- the thread ------------------------------------------------------------------
 
@@ -131,17 +152,23 @@ class ConvergenceWatcher:
         if target is None or target.done:
             return None
         started = self._clock()
+        touched = target.touched
         try:
-            kernel = self._read()
+            kernel = self._read(dests_of=None if touched is None else
+                                (lambda service: kernel_key(service) in touched))
         except HostError as exc:
             return self._unreadable(target, exc)
         now = self._clock()
         if self._read_error:
             log.info("IPVS can be read again")
             self._read_error = ""
+        seen = {kernel_key(s): frozenset((d.address, d.port) for d in s.dests)
+                for s in kernel if kernel_key(s) in target.pending}
         with self._lock:
-            target.pending -= kernel_slots(kernel)
-            drift = compare(target.desired, kernel, frozenset(target.pending))
+            target.pending = {key: left for key, rs_keys in target.pending.items()
+                              if (left := rs_keys - seen.get(key, frozenset()))}
+            drift = compare(target.desired, kernel, frozenset(
+                (vs, rs) for vs, keys in target.pending.items() for rs in keys), touched)
             if drift.converged:
                 target.done = True
         if drift.converged:

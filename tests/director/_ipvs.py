@@ -161,6 +161,7 @@ class Kernel:
         self.table = []
         self.broken = False
         self.reads = 0
+        self.last: Optional[FakeGenl] = None    #: the last read's socket (its requests)
         self._lock = threading.Lock()
 
     def apply(self, config: LvsConfig, absent: Iterable[Tuple[str, int]] = (),
@@ -186,8 +187,10 @@ class Kernel:
         with self._lock:
             self.table = []
 
-    def read(self):
+    def read(self, dests_of=None):
         with self._lock:
             self.reads += 1
             broken, table = self.broken, list(self.table)
-        return stats.read_ipvs(None, sock_factory=lambda netns: FakeGenl(table, broken))
+        self.last = FakeGenl(table, broken)
+        return stats.read_ipvs(None, sock_factory=lambda netns: self.last,
+                               dests_of=dests_of)

@@ -230,7 +230,7 @@ def test_run_announces_then_on_stop_withdraws_waits_drain_seconds_and_restores(n
         keepalived_pidfile=fake.pidfile, topology_file=str(topology), quiet_period="0.05",
         announce_interval="0.1"))
     director = service.Director(settings, service.keepalived_for(settings),
-                                read_kernel=lambda: kernel_with(1))
+                                read_kernel=lambda dests_of=None: kernel_with(1))
     sysroot = tmp_path / "sys"
     (sysroot / "net/ipv4/vs").mkdir(parents=True)
     (sysroot / "net/ipv4/vs/sloppy_tcp").write_text("0")

@@ -128,9 +128,47 @@ def test_still_desired_keeps_the_slots_that_the_new_configuration_serves():
     before = LvsConfig((web, other), (VIP, "192.0.2.11"))
     fewer = replace(other, real_servers=other.real_servers[:1])
     after = replace(before, virtual_servers=(web, fewer))      # web: the same object
-    slots = real_server_slots(before)
+    slots = converge.by_virtual_server(real_server_slots(before))
     for prior in (before, None):              # with the old configuration or without
         kept = converge.still_desired(slots, after, prior)
-        assert kept == slots & real_server_slots(after) and len(kept) == 4
-    assert converge.still_desired(slots, replace(before, virtual_servers=()), before) \
-        == frozenset()
+        assert kept == converge.by_virtual_server(real_server_slots(before)
+                                                  & real_server_slots(after))
+        assert sum(map(len, kept.values())) == 4
+    # the unchanged virtual server keeps its very set: nothing per real server
+    assert converge.still_desired(slots, after, before)[WEB] is slots[WEB]
+    assert converge.still_desired(slots, replace(before, virtual_servers=()), before) == {}
+
+
+def test_changed_virtual_servers_are_those_not_served_as_they_are():
+    web = config("10.0.0.1", "10.0.0.2").virtual_servers[0]
+    other = replace(web, vip="192.0.2.11")
+    before = LvsConfig((web, other), (VIP, "192.0.2.11"))
+    drained = replace(other, real_servers=(replace(other.real_servers[0], weight=0),
+                                           other.real_servers[1]))
+    new = replace(web, port=443)
+    after = replace(before, virtual_servers=(web, drained, new))
+    assert converge.changed_virtual_servers(after, before) == {drained.key, new.key}
+    assert converge.changed_virtual_servers(before, before) == frozenset()
+    equal = replace(before, virtual_servers=(replace(web), other))    # equal, not the same
+    assert converge.changed_virtual_servers(equal, before) == frozenset()
+    assert converge.changed_virtual_servers(after, None) is None      # all of them
+
+
+def test_compare_only_some_real_servers_checks_the_others_presence_and_scheduler():
+    web = config("10.0.0.1", "10.0.0.2").virtual_servers[0]
+    other = replace(web, vip="192.0.2.11")
+    desired = LvsConfig((web, other), (VIP, "192.0.2.11"))
+    k = Kernel()
+    k.apply(replace(desired, virtual_servers=(web, replace(other, real_servers=()))))
+    kernel = k.read(dests_of=lambda service: service.address == VIP)
+    assert [len(s.dests) for s in kernel] == [2, 0]
+    assert converge.compare(desired, kernel, only={WEB}) == converge.Drift()
+    # read as a whole table, other's real servers would look held out
+    assert len(converge.compare(desired, kernel).not_in_kernel) == 2
+    k.apply(LvsConfig((web,), (VIP,)))
+    drift = converge.compare(desired, k.read(dests_of=lambda s: False), only=set())
+    assert drift.missing_virtual_servers == (other.key,)
+    k.apply(replace(desired, virtual_servers=(web, replace(other, policy=replace(
+        POLICY, scheduler="wlc")))))
+    drift = converge.compare(desired, k.read(dests_of=lambda s: False), only=set())
+    assert drift.wrong_schedulers == ((other.key, "rr", "wlc"),)

@@ -109,3 +109,29 @@ def test_a_drain_passes_the_other_virtual_servers_through_untouched_and_keeps_th
     gone = d.apply(LvsConfig((b,), (a.vip, VIP)), 2)      # a's service goes: a shell
     assert [vs.vip for vs in gone.virtual_servers] == ["192.0.2.9", VIP]
     assert gone.virtual_servers[1] is b
+
+
+def test_a_draining_virtual_server_is_the_same_object_while_nothing_of_it_changes():
+    # an event on another virtual server must not make the draining one look changed
+    # (the guard, the renderer and the convergence watcher skip it by identity)
+    from dataclasses import replace
+
+    from cartridge_agent_lvs.director.model import LvsConfig
+    a = VirtualServer("192.0.2.9", 80, "TCP", "a", tuple(RealServer(ip, 80) for ip in ips(4)))
+    b = VirtualServer(VIP, 80, "TCP", "b", (RealServer(A, 80), RealServer(B, 80)))
+    d = Drain(30)
+    d.apply(LvsConfig((a, b), (a.vip, VIP)), 0)
+    fewer = replace(a, real_servers=a.real_servers[1:])
+    draining = d.apply(LvsConfig((fewer, b), (a.vip, VIP)), 1).virtual_servers[0]
+    b2 = replace(b, real_servers=b.real_servers[:1])          # b changes meanwhile
+    out = d.apply(LvsConfig((fewer, b2), (a.vip, VIP)), 2)
+    assert out.virtual_servers[0] is draining
+    assert weights(out)[(VIP, 80, B)] == 0                    # b's leaver drains too
+    # a re-render with nothing new: both are the objects of the last call
+    again = d.apply(LvsConfig((fewer, b2), (a.vip, VIP)), 3).virtual_servers
+    assert again[0] is draining and again[1] is out.virtual_servers[1]
+    # a changes again (another leaver): rebuilt
+    fewest = replace(fewer, real_servers=fewer.real_servers[1:])
+    again = d.apply(LvsConfig((fewest, b2), (a.vip, VIP)), 4).virtual_servers[0]
+    assert again is not draining and weights(LvsConfig((again,), ())) == {
+        (a.vip, 80, ip): 0 if ip in ips(2) else 1 for ip in ips(4)}

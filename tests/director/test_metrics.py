@@ -397,12 +397,12 @@ def run_service(tmp_path, fake_keepalived):
                                  **overrides)
         kernel, seen = Kernel(), [0]
 
-        def keepalived_applies():
+        def keepalived_applies(dests_of=None):
             if follow and fake_keepalived.hups() != seen[0]:
                 seen[0] = fake_keepalived.hups()
                 with open(settings.keepalived_conf) as f:
                     kernel.apply(parse_rendered(f.read()))
-            return kernel.read()
+            return kernel.read(dests_of)
         director = service.Director(settings, service.keepalived_for(settings),
                                     read_kernel=keepalived_applies)
         stop = threading.Event()

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings as hsettings, strategies as hs
 
 from cartridge_agent_lvs.director.model import HealthCheck, Policy
 from cartridge_agent_lvs.director.plan import ip_sort_key, plan
@@ -311,3 +312,61 @@ def test_the_plan_cache_still_refuses_two_services_on_one_vip():
         cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))
     with pytest.raises(SettingsError, match="both claim"):    # again, from the cache
         cache.plan(parse_topology(st.topology({0: [1], 1: [2]})))
+
+
+def test_a_changed_service_replans_only_its_changed_members_with_the_same_result(
+        monkeypatch):
+    from cartridge_agent_lvs.director import plan as plan_module
+    from cartridge_agent_lvs.director.service import PlanCache
+    settings = load(dict(vip_map=st.vip_map([0]), interface="eth0", forwarding_method="DR"))
+    doc = st.topology({0: range(12)})
+    members = doc["topology"]["serviceMap"]["svc0"]["clusterIdClusterMap"][
+        st.cluster_id(0)]["memberMap"]
+    members[st.member_id(0, 2)]["portMap"]["80"]["value"] = "eighty"    # warned, skipped
+    members[st.member_id(0, 3)]["defaultPrivateIP"] = "10.0.0.999"       # warned, skipped
+    members[st.member_id(0, 4)]["portMap"]["80"]["value"] = 8080         # DR: warned
+    members[st.member_id(0, 6)]["defaultPrivateIP"] = st.member_ip(0, 7)  # rendered once
+    validated = []
+    real = plan_module._Planner._member_address
+    monkeypatch.setattr(plan_module._Planner, "_member_address",
+                        lambda self, m, vip: validated.append(m.member_id) or real(
+                            self, m, vip))
+    topology = parse_topology(doc)
+    cache = PlanCache(settings)
+    first = cache.plan(topology)
+    assert len(validated) == 12 and len(first.warnings) == 3
+    events = [("MemberSuspendedEvent", 5), ("MemberActivatedEvent", 5),
+              ("MemberSuspendedEvent", 3), ("MemberActivatedEvent", 3),   # its IP mended
+              ("MemberSuspendedEvent", 2), ("MemberActivatedEvent", 2),   # its port mended
+              ("MemberSuspendedEvent", 4), ("MemberSuspendedEvent", 6),
+              ("MemberActivatedEvent", 6), ("MemberSuspendedEvent", 7)]
+    for name, i in events:
+        validated.clear()
+        topology = apply_event(topology, name, st.member_event(0, i))
+        got = cache.plan(topology)
+        # the member that changed is the only one looked at again
+        assert validated == ([] if name == "MemberSuspendedEvent" else
+                             [st.member_id(0, i)])
+        fresh = plan(settings, topology)
+        assert got == fresh                        # config and warnings, in order
+        assert servers(got) == servers(fresh)      # member ids too
+
+
+@given(hs.sets(hs.integers(0, 600), max_size=40), hs.sets(hs.integers(0, 600), max_size=40))
+@hsettings(max_examples=200, deadline=None)
+def test_the_order_kept_from_the_previous_plan_is_the_sorted_order(before, after):
+    # real servers kept from the previous plan are the very objects (the memo gives
+    # them back); the others are new objects, some with an address seen before
+    from cartridge_agent_lvs.director.model import RealServer
+    from cartridge_agent_lvs.director.plan import _ordered, rs_sort_key
+
+    def server(n):
+        return RealServer(f"10.0.{n // 250}.{n % 250 + 1}" if n % 3 else f"fd00::{n:x}",
+                          80 + n % 2)
+    previous = {n: server(n) for n in before}
+    ordered = tuple(sorted(previous.values(), key=rs_sort_key))
+    now = {n: previous[n] if n in previous and n % 5 else server(n) for n in after}
+    real = {(rs.ip, rs.port): rs for rs in now.values()}
+    got = _ordered(real, ordered)
+    assert got == tuple(sorted(real.values(), key=rs_sort_key))
+    assert all(a is b for a, b in zip(got, sorted(real.values(), key=rs_sort_key)))

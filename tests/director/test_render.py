@@ -266,3 +266,43 @@ def test_parse_rendered_refuses_what_it_did_not_write(text, reason):
     with pytest.raises(RenderedFileError, match=reason) as err:
         parse_rendered(text)
     assert "\n" not in str(err.value)
+
+
+def config_for(case: str) -> LvsConfig:
+    return plan(load({"interface": "eth0", **CASES[case]}), shop_topology()).config
+
+
+def test_blocks_give_the_same_text_and_render_only_what_changed(monkeypatch):
+    """A :class:`Blocks` kept across renderings (the layouts keep one) changes the
+    work, never the text: over every case and a sequence of changes to one of them."""
+    from cartridge_agent_lvs.director import render as render_module
+    blocks = render_module.Blocks()
+    rendered = []
+    real = render_module._real_server_text
+    monkeypatch.setattr(render_module, "_real_server_text",
+                        lambda policy, rs, bgp: rendered.append(rs.ip) or real(
+                            policy, rs, bgp))
+    for case in sorted(CASES) + ["shop-dr"]:
+        config = config_for(case)
+        assert render(config, blocks) == render(config)
+    config = config_for("shop-dr")
+    tomcat = config.virtual_servers[0]
+    changes = [
+        replace(tomcat, real_servers=tomcat.real_servers[1:]),                 # one left
+        replace(tomcat, real_servers=tuple(replace(rs, weight=0) if k == 0 else rs
+                                           for k, rs in enumerate(tomcat.real_servers))),
+        replace(tomcat, policy=replace(tomcat.policy, delay_loop=9)),          # policy
+        replace(tomcat, real_servers=tomcat.real_servers[:1]),
+    ]
+    for changed, redone in zip(changes, [[], [tomcat.real_servers[0].ip],
+                                         [rs.ip for rs in tomcat.real_servers],
+                                         [tomcat.real_servers[0].ip]]):
+        config = replace(config, virtual_servers=(changed,) + config.virtual_servers[1:])
+        rendered.clear()
+        assert render(config, blocks) == render(config)
+        # with the blocks: only the real servers whose block differs
+        assert rendered[:len(redone)] == redone
+        assert len(rendered) == len(redone) + sum(len(vs.real_servers)
+                                                  for vs in config.virtual_servers)
+    bgp = replace(config, vrrp=replace(config.vrrp, mode="bgp"))
+    assert render(bgp, blocks) == render(bgp)

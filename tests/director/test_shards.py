@@ -14,7 +14,7 @@ from cartridge_agent_lvs.director import service
 from cartridge_agent_lvs.director.feeds import FeedUpdate
 from cartridge_agent_lvs.director.keepalived import ValidationError
 from cartridge_agent_lvs.director.plan import plan
-from cartridge_agent_lvs.director.render import parse_rendered, render
+from cartridge_agent_lvs.director.render import parse_rendered, render, render_checkers
 from cartridge_agent_lvs.director.shards import (ShardedKeepalived, assign, keepalived_argv,
                                                  shard_conf, shard_pidfile, split)
 from cartridge_agent_lvs.director.topology import parse_topology
@@ -450,5 +450,10 @@ def test_the_incremental_path_serves_what_a_fresh_plan_serves(lab):
                    for vs in parse_rendered(lab.text(n)).virtual_servers]
         assert sorted(on_disk, key=lambda v: v.key) == \
             sorted(parse_rendered(render(want)).virtual_servers, key=lambda v: v.key)
+        # each file is, to the byte, a fresh rendering of its part (the kept blocks of
+        # unchanged virtual and real servers change the work, not the text)
+        parts = split(want, lab.director.keepalived.placed, SHARDS)
+        assert [lab.text(n) for n in range(1, SHARDS + 1)] == [render_checkers(p)
+                                                                for p in parts]
         assert lab.director.plans.planned <= planned + 1      # one service planned
         planned = lab.director.plans.planned

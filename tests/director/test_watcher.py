@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from cartridge_agent_lvs.director import converge
 from cartridge_agent_lvs.director.metrics import LoopMetrics
+from cartridge_agent_lvs.director.model import LvsConfig
 from cartridge_agent_lvs.director.watcher import (AFTER_DEADLINE_POLL, CONVERGED, DRIFT,
                                                   UNVERIFIED, WAITING, ConvergenceWatcher)
 from cartridge_agent_lvs.errors import HostError
@@ -127,7 +129,7 @@ def test_unreadable_ipvs_is_unverified_logged_once_and_given_up_after_the_bound(
 
 
 def test_any_other_read_failure_is_a_warning(caplog):
-    def refused():
+    def refused(dests_of=None):
         raise HostError("reading IPVS in this host: Operation not permitted")
     watcher = ConvergenceWatcher(refused, LoopMetrics(CollectorRegistry()), Clock())
     watcher.expect(config("10.0.0.1"), None)
@@ -159,3 +161,46 @@ def test_the_thread_polls_while_the_caller_goes_on(caplog):
         assert 0.3 <= watcher.report.event_seconds < 2
     finally:
         watcher.stop()
+
+
+def _dests_read(kernel) -> list:
+    """The virtual servers whose real servers the last read asked for (VIP, port)."""
+    return [(r.get_attr("IPVS_CMD_ATTR_SERVICE").get_attr("IPVS_SVC_ATTR_ADDR"),
+             r.get_attr("IPVS_CMD_ATTR_SERVICE").get_attr("IPVS_SVC_ATTR_PORT"))
+            for r in kernel.last.requests if r["cmd"] == 8]
+
+
+def test_only_the_virtual_servers_a_reload_changed_are_read(setup):
+    watcher, kernel, clock, sample = setup
+    web = config("10.0.0.1", "10.0.0.2").virtual_servers[0]
+    other = replace(web, vip="192.0.2.11")
+    first = LvsConfig((web, other), (web.vip, other.vip))
+    watcher.expect(first, None, cause=clock.now)          # a start: everything is new
+    kernel.apply(first)
+    assert watcher.step() is None and watcher.report.state == CONVERGED
+    assert _dests_read(kernel) == [(web.vip, 80), (other.vip, 80)]
+    # one member leaves web: only web's real servers are read back
+    second = replace(first, virtual_servers=(replace(
+        web, real_servers=web.real_servers[:1]), other))
+    watcher.expect(second, first, cause=clock.now)
+    assert watcher.step() is not None                     # keepalived not there yet
+    assert _dests_read(kernel) == [(web.vip, 80)]
+    # before that converged, other changes too: both are read until both show
+    third = replace(second, virtual_servers=(second.virtual_servers[0], replace(
+        other, real_servers=other.real_servers + (replace(web.real_servers[0],
+                                                          ip="10.0.0.3"),))))
+    watcher.expect(third, second, cause=clock.now)
+    assert watcher.pending() == {((other.vip, 80, "TCP"), ("10.0.0.3", 80))}
+    kernel.apply(third)
+    assert watcher.step() is None and watcher.report.state == CONVERGED
+    assert _dests_read(kernel) == [(web.vip, 80), (other.vip, 80)]
+    # a virtual server that was not changed but vanished is still seen: the service
+    # list is always read whole
+    fourth = replace(third, virtual_servers=(third.virtual_servers[0], replace(
+        third.virtual_servers[1], real_servers=third.virtual_servers[1].real_servers[:2])))
+    watcher.expect(fourth, third, cause=clock.now)
+    kernel.apply(replace(fourth, virtual_servers=fourth.virtual_servers[1:]))
+    watcher.step()
+    assert _dests_read(kernel) == [(other.vip, 80)]
+    assert watcher.report.state == WAITING
+    assert watcher.report.drift.missing_virtual_servers == (web.key,)
