@@ -290,7 +290,6 @@ class Demo:
         after = collections.Counter(r.server for r in stream.results if r.server and r.start >= killed)
         first = min((r.end for r in stream.results if r.server and r.start >= killed), default=killed)
         self.events.emit("failover", takeover_seconds=round(took, 2), gap_seconds=round(gap, 2),
-                         pull_seconds=round(killed - pulled, 2),
                          first_answer_seconds=round(first - killed, 2), failed=len(stream.failures),
                          requests=len(stream.results), answers_after=dict(sorted(after.items())),
                          advert_int=ADVERT_INT)

@@ -98,12 +98,14 @@ def test_the_backup_takes_over_and_the_client_sees_the_gap(demo_run):
     # VRRP: the BACKUP declares the MASTER dead 3 x advert_int + skew after the last
     # advertisement it heard, which the MASTER sent up to one advert_int before its
     # cable was pulled (3 x advert_int from the pull failed a run at 2.95 s); the clock
-    # starts before the ip process that pulls it (pull_seconds: until it returned)
+    # starts before the ip process that pulls it
     backup_priority = G.DIRECTORS["dir2"][1]
-    master_down = 3 * G.ADVERT_INT + (256 - backup_priority) / 256 * G.ADVERT_INT
-    assert e["takeover_seconds"] >= master_down - G.ADVERT_INT - 0.1, e
-    # the link went down somewhere inside those pull_seconds; the client's gap began then
-    assert e["failed"] > 0 and e["gap_seconds"] >= e["takeover_seconds"] - e["pull_seconds"] - 0.5, e
+    earliest = 3 * G.ADVERT_INT + (256 - backup_priority) / 256 * G.ADVERT_INT - G.ADVERT_INT
+    assert e["takeover_seconds"] >= earliest - 0.1, e
+    # the client sees it: no answer from the last one through dir1 until dir2 took over
+    # (a request every 0.1 s); the takeover as timed above also holds the kill of dir1's
+    # processes and the look at dir2's addresses, so it is not compared with the gap
+    assert e["failed"] > 0 and e["gap_seconds"] >= earliest - 0.3, e
     assert e["answers_after"] == {"member-1": 10, "member-3": 10}, e
 
 
