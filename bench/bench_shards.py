@@ -10,7 +10,9 @@ atomic write, SIGHUP -- the product's own code) with Stratos member events, and 
 each clock when IPVS itself (generic netlink, read by this process) shows the change:
 
 * member events: a member suspended (its real server removed, ``drain_seconds`` 0),
-  then activated again (added back), alternating, on services other than the probe's;
+  then activated again (added back), alternating, on services other than the probe's
+  -- reported together and apart ("left": nothing new in the file, no ``keepalived
+  -t``; "came": ``keepalived -t`` on the new block in its virtual server);
 * drain: with ``drain_seconds`` 600 a leaving member only gets weight 0 and a
   returning one its weight back -- weight-only changes, still one reload each;
 * health check under change: a member of the probe service (3 real servers,
@@ -306,14 +308,17 @@ def one(args, size: int, shards: int, events: int) -> dict:
     out = {"size": size, "shards": shards}
     try:
         out["start_seconds"] = round(run.start(), 3)
-        times, signalled = [], []
+        times, signalled, kinds = [], [], []
         for k in range(events):
-            s = 1 + (k // 2) % (SCALE_SERVICES - 1)
-            times.append(run.event(s, (k // 2) % run.per))
+            s, i = 1 + (k // 2) % (SCALE_SERVICES - 1), (k // 2) % run.per
+            kinds.append("came" if i in run.inactive[s] else "left")
+            times.append(run.event(s, i))
             signalled.append(run.signalled)
-            print(f"  {size} shards={shards} event {k + 1}/{events}: {times[-1]:.3f} s "
-                  f"(SIGHUP sent after {run.signalled} s)", flush=True)
+            print(f"  {size} shards={shards} event {k + 1}/{events} ({kinds[-1]}): "
+                  f"{times[-1]:.3f} s (SIGHUP sent after {run.signalled} s)", flush=True)
         out["events"] = summary(times)
+        for kind in ("left", "came"):       # a member that left: nothing new to -t
+            out[kind] = summary([t for t, k in zip(times, kinds) if k == kind])
         out["to_sighup"] = summary([t for t in signalled if t is not None])
         out["event_seconds"] = [round(t, 3) for t in times]
         out["probe"] = run.probe(5, run.per - 1)
@@ -459,22 +464,24 @@ def report(r: dict) -> str:
              "changes", ""]
     head = (f"{'real servers':>12}  {'layout':<22}{'start':>7}  {'events':>6} "
             f"{'median':>7} {'p99':>7} {'max':>7}  {'to SIGHUP med/p99':>18}  "
-            f"{'drain med/p99':>14}  {'probe':>7}")
+            f"{'drain med/p99':>14}  {'probe':>7}  {'left med/p99':>13}  {'came med/p99':>13}")
     lines.append(head)
     for size in sorted(rows):
         for shards, run in sorted(rows[size].items()):
             layout = "single file" if shards == 0 else f"{shards} shards + VRRP"
             e = run.get("events", {})
-            d = run.get("drain")
-            drain = f"{d['median']}/{d['p99']}" if d else "-"
-            sig = run.get("to_sighup")
-            sig = f"{sig['median']}/{sig['p99']}" if sig else "-"
+            drain, sig = _pair(run.get("drain")), _pair(run.get("to_sighup"))
             lines.append(f"{size:>12,}  {layout:<22}{run.get('start_seconds', '-'):>7}  "
                          f"{e.get('n', '-'):>6} {e.get('median', '-'):>7} "
                          f"{e.get('p99', '-'):>7} {e.get('max', '-'):>7}  {sig:>18}  "
                          f"{drain:>14}  "
-                         f"{run.get('probe', {}).get('removed_after', '-'):>7}")
+                         f"{run.get('probe', {}).get('removed_after', '-'):>7}  "
+                         + "  ".join(f"{_pair(run.get(k)):>13}" for k in ("left", "came")))
     return "\n".join(lines)
+
+
+def _pair(s) -> str:
+    return f"{s['median']}/{s['p99']}" if s and s.get("n") else "-"
 
 
 def layout_arguments(parser: argparse.ArgumentParser) -> None:

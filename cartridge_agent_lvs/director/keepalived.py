@@ -10,7 +10,10 @@
 4. ``keepalived -t -f TEMP``: keepalived 2.2.7 exits 0 only for a clean file and prints
    one line per problem (any output is a problem);  on failure the temporary file is
    removed, the live file stays as it was and :class:`ValidationError` carries
-   keepalived's own lines;
+   keepalived's own lines.  The service loop's writes (:meth:`Keepalived.write`
+   without *recheck*) have keepalived check only what is new since the last file
+   this object validated and wrote -- the new real-server blocks, in their virtual
+   servers; nothing when members only left (:mod:`.increment`);
 5. rename over the live file (atomic: a reader sees the old or the new file, never a
    mix), fsync the directory;
 6. reload: the configured command, or SIGHUP to the pid in the pid file -- only once
@@ -45,6 +48,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 from ..errors import HostError, LvsError
 from .files import fsync_dir as _fsync_dir
 from .files import open_regular, read_text, temp_beside
+from .increment import Outline, to_check
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,10 @@ class Keepalived:
             tuple(reload_command) if reload_command else None)
         self.timeout = timeout
         self._blocks = None
+        #: the last text this object had keepalived accept and then wrote (see
+        #: :meth:`check_new`); never a file it found in place
+        self._validated: Optional[Outline] = None
+        self._checked: Optional[Outline] = None
 
     # -- the layout the service loop drives (see also shards.ShardedKeepalived) -----
 
@@ -126,6 +134,28 @@ class Keepalived:
         with self._temp(text) as path:
             self.check_file(path)
 
+    def check_new(self, path: str, text: str, recheck: bool = True) -> None:
+        """``keepalived -t`` on what is new in *text* (already in the temporary file
+        *path*) since the last file this object validated and wrote: the whole file,
+        a file of only the new real-server blocks in their virtual servers, or nothing
+        when members only left (:func:`~.increment.to_check`).  *recheck* checks the
+        whole file."""
+        outline = Outline(text)
+        todo = to_check(None if recheck else self._validated, outline)
+        if todo is None:
+            log.debug("%s: nothing new for keepalived -t", self.conf_path)
+        elif todo is text:
+            self.check_file(path)
+        else:
+            self.validate(todo)
+        self._checked = outline
+
+    def accepted(self, text: str) -> None:
+        """*text*, checked by :meth:`check_new`, is now the live file."""
+        checked = self._checked
+        self._validated = checked if checked is not None and checked.text == text \
+            else Outline(text)
+
     # -- applying -------------------------------------------------------------------
 
     def apply(self, text: str) -> ApplyResult:
@@ -138,17 +168,19 @@ class Keepalived:
         """Validate and write *text* unless the live file holds it; True when written.
 
         Does not reload: the caller calls :meth:`reload` (and retries it on failure).
-        The live file is always read (*recheck* is for the sharded layout's sake).
+        The live file is always read; without *recheck* keepalived checks only what
+        is new since the last file this object wrote (:meth:`check_new`).
         """
         with self.lock():
-            return self._write(text)
+            return self._write(text, recheck)
 
-    def _write(self, text: str) -> bool:
+    def _write(self, text: str, recheck: bool = True) -> bool:
         if self.current() == text:
             return False
         with self._temp(text) as path:
-            self.check_file(path)
+            self.check_new(path, text, recheck)
             os.replace(path, self.conf_path)
+        self.accepted(text)
         _fsync_dir(os.path.dirname(self.conf_path))
         log.debug("wrote %s", self.conf_path)
         return True

@@ -11,8 +11,9 @@ only what it touches:
 * each virtual server lives in exactly one of N files ``<conf>.shard-NN.conf`` beside
   it (``keepalived.shard-01.conf`` ...), each run by its own ``keepalived -C``
   (checkers only) with the pid file ``<pidfile>.shard-NN.pid``;
-* a file is validated (``keepalived -t``), written atomically and its instance sent
-  SIGHUP only when its own text changed -- the other instances keep checking;
+* a file is validated (``keepalived -t``; what is new in it since its last write:
+  :mod:`.increment`), written atomically and its instance sent SIGHUP only when its
+  own text changed -- the other instances keep checking;
 * per event, only the shards whose part of the configuration changed are rendered
   (each shard's text is kept with the part it was rendered from), and only the files
   whose text differs from what this object last wrote there are read back and
@@ -188,14 +189,15 @@ class ShardedKeepalived:
                     self._in_place[n] = text
                 else:
                     changed.append((n, part, text))
-            temps = [(n, part, stack.enter_context(part._temp(text)))
+            temps = [(part, stack.enter_context(part._temp(text)), text)
                      for n, part, text in changed]
-            _check_all(temps)
-            for (n, part, path), (_, _, text) in zip(temps, changed):
+            _check_all(temps, recheck)
+            for (part, path, text), (n, _, _) in zip(temps, changed):
                 os.replace(path, part.conf_path)
+                part.accepted(text)
                 self._in_place[n] = text
                 self.pending.add(n)
-            for directory in sorted({os.path.dirname(p.conf_path) for _, p, _ in temps}):
+            for directory in sorted({os.path.dirname(p.conf_path) for p, _, _ in temps}):
                 _fsync_dir(directory)
         if changed:
             log.debug("wrote %s", ", ".join(p.conf_path for _, p, _ in changed))
@@ -257,17 +259,19 @@ class ShardedKeepalived:
         return self.vrrp.remove_stale_temps()
 
 
-def _check_all(temps: List[Tuple[int, Keepalived, str]]) -> None:
-    """``keepalived -t`` on every temporary file, side by side (one change often
-    touches several shards, and each -t costs a keepalived start); the first
-    failure, in file order, is raised once all have finished."""
+def _check_all(temps: List[Tuple[Keepalived, str, str]], recheck: bool) -> None:
+    """``keepalived -t`` on what is new in every (instance, temporary file, text),
+    side by side (one change often touches several shards, and each -t costs a
+    keepalived start); the first failure, in file order, is raised once all have
+    finished.  What is new: :meth:`Keepalived.check_new` (all of it with *recheck*)."""
     if len(temps) == 1:
-        _, part, path = temps[0]
-        part.check_file(path)
+        part, path, text = temps[0]
+        part.check_new(path, text, recheck)
         return
     workers = max(1, min(len(temps), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(part.check_file, path) for _, part, path in temps]
+        futures = [pool.submit(part.check_new, path, text, recheck)
+                   for part, path, text in temps]
     for future in futures:
         future.result()
 

@@ -133,3 +133,27 @@ def director_settings(tmp_path, fake_keepalived):
         overrides.setdefault("keepalived_pidfile", fake_keepalived.pidfile)
         return make_settings(str(tmp_path), **overrides)
     return make
+
+
+def logged_keepalived(tmp_path, log: str, reject: str = "") -> str:
+    """A ``keepalived_bin`` that logs each call's arguments to *log* and the file it
+    checks to ``<log>.checked``, then runs the real keepalived -- or, for a file
+    holding *reject*, answers as keepalived does for a file it refuses."""
+    path = os.path.join(str(tmp_path), "keepalived-logged")
+    with open(path, "w") as f:
+        f.write(f"#!/bin/sh\necho \"$@\" >> {log}\nfor last; do :; done\n"
+                f"cat \"$last\" >> {log}.checked\n"
+                + (f"if grep -q '{reject}' \"$last\"; then echo 'refused (test)'; exit 5; "
+                   "fi\n" if reject else "")
+                + "exec keepalived \"$@\"\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+def logged_calls(log: str) -> list:
+    """The lines :func:`logged_keepalived` wrote to *log* so far."""
+    try:
+        with open(log) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []

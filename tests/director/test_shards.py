@@ -21,7 +21,7 @@ from cartridge_agent_lvs.director.topology import parse_topology
 from cartridge_agent_lvs.errors import HostError, SettingsError
 
 from . import _stratos as st
-from ._service import FakeKeepalived, make_settings
+from ._service import FakeKeepalived, logged_calls, logged_keepalived, make_settings
 
 pytestmark = [pytest.mark.keepalived]
 
@@ -335,37 +335,28 @@ def test_running_means_every_instance_runs(lab):
 
 # -- per-event work proportional to the change -----------------------------------------
 
-def _checker(tmp_path, log, reject=""):
-    """A keepalived_bin that logs each call and runs the real keepalived -- or, for a
-    file holding *reject*, answers as keepalived does for a file it refuses."""
-    path = os.path.join(str(tmp_path), "keepalived-logged")
-    with open(path, "w") as f:
-        f.write(f"#!/bin/sh\necho \"$@\" >> {log}\nfor last; do :; done\n"
-                + (f"if grep -q '{reject}' \"$last\"; then echo 'refused (test)'; exit 5; "
-                   "fi\n" if reject else "")
-                + "exec keepalived \"$@\"\n")
-    os.chmod(path, 0o755)
-    return path
-
-
-def _calls(log):
-    try:
-        with open(log) as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
 def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
     log = os.path.join(str(tmp_path), "calls")
-    lab = Lab(tmp_path, keepalived_bin=_checker(tmp_path, log))
+    lab = Lab(tmp_path, keepalived_bin=logged_keepalived(tmp_path, log))
     try:
         lab.complete()
         lab.settle()
-        assert len(_calls(log)) == SHARDS + 1          # the first apply: every file
-        assert lab.step("MemberSuspendedEvent", 1, 2) == [lab.shard_of(1)]
-        calls = _calls(log)[SHARDS + 1:]
+        assert len(logged_calls(log)) == SHARDS + 1          # the first apply: every file
+        first = len(logged_calls(log + ".checked"))
+        shard = lab.shard_of(1)
+        assert lab.step("MemberSuspendedEvent", 1, 2) == [shard]
+        assert st.member_ip(1, 2) not in lab.text(shard)
+        # a member left: nothing in the new file is new to keepalived
+        assert logged_calls(log)[SHARDS + 1:] == []
+        assert lab.step("MemberActivatedEvent", 1, 2) == [shard]
+        assert st.member_ip(1, 2) in lab.text(shard)
+        calls = logged_calls(log)[SHARDS + 1:]
         assert len(calls) == 1 and calls[0].startswith("-t -f ")   # one keepalived -t
+        # ... of global_defs and svc1's header with the one block that came
+        checked = "\n".join(logged_calls(log + ".checked")[first:])
+        assert RS_RE.findall(checked) == [(st.member_ip(1, 2), "80", "1")]
+        assert "global_defs {" in checked and checked.count("virtual_server ") == 1
+        assert f"virtual_server {st.vip(1)} 80 {{" in checked
     finally:
         lab.stop()
 
@@ -412,7 +403,7 @@ def test_a_shard_file_changed_behind_its_back_is_put_right_when_forced(lab):
 def test_after_a_refused_shard_the_next_change_is_applied(tmp_path):
     log = os.path.join(str(tmp_path), "calls")
     refused = st.member_ip(2, 7)
-    lab = Lab(tmp_path, keepalived_bin=_checker(tmp_path, log, reject=refused))
+    lab = Lab(tmp_path, keepalived_bin=logged_keepalived(tmp_path, log, reject=refused))
     try:
         lab.complete()
         lab.settle()
