@@ -241,7 +241,8 @@ class Run:
         log = open(os.path.join(self.workdir, "keepalived.log"), "w")
         for argv in argvs:
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL))
+                                               stdin=subprocess.DEVNULL,
+                                               start_new_session=True))
         want = self.size + PROBE_MEMBERS
         self.pump(lambda k: sum(len(s.dests) for s in k) >= want, 600, "keepalived start",
                   interval=0.5)
@@ -296,10 +297,27 @@ class Run:
         return {"removed_after": round(seconds, 3), "apply_seconds": round(killed - t0, 3)}
 
     def stop(self) -> None:
+        """Kill every keepalived of this run -- its VRRP and checker children too
+        (each instance is a process group of its own), and wait until they are all
+        gone before IPVS is cleared: a checker child outliving its parent goes on
+        tearing its virtual servers down, and would delete the next run's."""
         for p in self.procs:
-            p.send_signal(signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for p in self.procs:
             p.wait()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(p.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+            else:
+                print(f"  warning: keepalived group {p.pid} still there 60 s after SIGKILL",
+                      flush=True)
         subprocess.run(["ipvsadm", "-C"], check=False)
 
 
