@@ -165,6 +165,22 @@ def read_dest(vip: str, ip: str):
         sock.close()
 
 
+def _running_in(groups) -> list:
+    """Pids of the processes of the process *groups* that are not zombies (a killed
+    keepalived's children are reparented and may wait to be reaped)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in groups:
+                out.append(int(name))
+    return out
+
+
 class Run:
     """One size and one layout: keepalived instance(s), the Director, the events."""
 
@@ -308,16 +324,13 @@ class Run:
                 pass
         for p in self.procs:
             p.wait()
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(p.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
-                print(f"  warning: keepalived group {p.pid} still there 60 s after SIGKILL",
-                      flush=True)
+        groups = {p.pid for p in self.procs}
+        deadline = time.monotonic() + 60
+        while _running_in(groups) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _running_in(groups):
+            print(f"  warning: keepalived processes {_running_in(groups)} still run 60 s "
+                  "after SIGKILL", flush=True)
         subprocess.run(["ipvsadm", "-C"], check=False)
 
 
