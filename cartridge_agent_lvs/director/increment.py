@@ -102,6 +102,9 @@ def to_check(validated: Optional[Outline], new: Outline) -> Optional[str]:
         return new.text
     fresh: List[List[int]] = []
     for vs, (before, after) in enumerate(zip(validated.servers, new.servers)):
+        if after == before:                 # untouched: accepted as it stands
+            fresh.append([])
+            continue
         if len({b[:b.index("{")] for b in after}) != len(after):
             return new.text                 # a real server twice
         known = set(before)
@@ -131,15 +134,15 @@ def _weight(block: str) -> int:
 
 def _weight_kept(blocks: Tuple[str, ...], quorum: int, chosen: Set[int]) -> Set[int]:
     """Accepted blocks to check beside the *chosen* ones so that keepalived's check
-    of the quorum against the sum of the weights comes out as for all *blocks*."""
+    of the quorum against the sum of the weights comes out as for all *blocks*: added
+    until the sum meets the quorum, or all of weight > 0 when even all fall short."""
     total = sum(_weight(blocks[i]) for i in chosen)
-    target = min(quorum, sum(map(_weight, blocks)))
     extra: Set[int] = set()
     for i, block in enumerate(blocks):
-        if total >= target:
+        if total >= quorum:
             break
-        weight = _weight(block)
-        if i not in chosen and weight > 0:
+        weight = 0 if i in chosen else _weight(block)
+        if weight > 0:
             extra.add(i)
             total += weight
     return extra

@@ -96,7 +96,6 @@ class Keepalived:
         #: the last text this object had keepalived accept and then wrote (see
         #: :meth:`check_new`); never a file it found in place
         self._validated: Optional[Outline] = None
-        self._checked: Optional[Outline] = None
 
     # -- the layout the service loop drives (see also shards.ShardedKeepalived) -----
 
@@ -134,12 +133,12 @@ class Keepalived:
         with self._temp(text) as path:
             self.check_file(path)
 
-    def check_new(self, path: str, text: str, recheck: bool = True) -> None:
+    def check_new(self, path: str, text: str, recheck: bool = True) -> Outline:
         """``keepalived -t`` on what is new in *text* (already in the temporary file
         *path*) since the last file this object validated and wrote: the whole file,
         a file of only the new real-server blocks in their virtual servers, or nothing
         when members only left (:func:`~.increment.to_check`).  *recheck* checks the
-        whole file."""
+        whole file.  Returns *text*'s outline, for :meth:`accepted`."""
         outline = Outline(text)
         todo = to_check(None if recheck else self._validated, outline)
         if todo is None:
@@ -148,13 +147,11 @@ class Keepalived:
             self.check_file(path)
         else:
             self.validate(todo)
-        self._checked = outline
+        return outline
 
-    def accepted(self, text: str) -> None:
-        """*text*, checked by :meth:`check_new`, is now the live file."""
-        checked = self._checked
-        self._validated = checked if checked is not None and checked.text == text \
-            else Outline(text)
+    def accepted(self, checked: Outline) -> None:
+        """The text *checked* by :meth:`check_new` is now the live file."""
+        self._validated = checked
 
     # -- applying -------------------------------------------------------------------
 
@@ -178,9 +175,9 @@ class Keepalived:
         if self.current() == text:
             return False
         with self._temp(text) as path:
-            self.check_new(path, text, recheck)
+            checked = self.check_new(path, text, recheck)
             os.replace(path, self.conf_path)
-        self.accepted(text)
+        self.accepted(checked)
         _fsync_dir(os.path.dirname(self.conf_path))
         log.debug("wrote %s", self.conf_path)
         return True

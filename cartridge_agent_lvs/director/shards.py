@@ -191,10 +191,10 @@ class ShardedKeepalived:
                     changed.append((n, part, text))
             temps = [(part, stack.enter_context(part._temp(text)), text)
                      for n, part, text in changed]
-            _check_all(temps, recheck)
-            for (part, path, text), (n, _, _) in zip(temps, changed):
+            checked = _check_all(temps, recheck)
+            for (part, path, text), (n, _, _), outline in zip(temps, changed, checked):
                 os.replace(path, part.conf_path)
-                part.accepted(text)
+                part.accepted(outline)
                 self._in_place[n] = text
                 self.pending.add(n)
             for directory in sorted({os.path.dirname(p.conf_path) for p, _, _ in temps}):
@@ -259,21 +259,20 @@ class ShardedKeepalived:
         return self.vrrp.remove_stale_temps()
 
 
-def _check_all(temps: List[Tuple[Keepalived, str, str]], recheck: bool) -> None:
+def _check_all(temps: List[Tuple[Keepalived, str, str]], recheck: bool) -> list:
     """``keepalived -t`` on what is new in every (instance, temporary file, text),
     side by side (one change often touches several shards, and each -t costs a
     keepalived start); the first failure, in file order, is raised once all have
-    finished.  What is new: :meth:`Keepalived.check_new` (all of it with *recheck*)."""
+    finished.  What is new: :meth:`Keepalived.check_new` (all of it with *recheck*),
+    whose outlines are returned in order."""
     if len(temps) == 1:
         part, path, text = temps[0]
-        part.check_new(path, text, recheck)
-        return
+        return [part.check_new(path, text, recheck)]
     workers = max(1, min(len(temps), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(part.check_new, path, text, recheck)
                    for part, path, text in temps]
-    for future in futures:
-        future.result()
+    return [future.result() for future in futures]
 
 
 def keepalived_argv(conf_path: str, pidfile: str, shard: int = 0,
