@@ -10,9 +10,13 @@ atomic write, SIGHUP -- the product's own code) with Stratos member events, and 
 each clock when IPVS itself (generic netlink, read by this process) shows the change:
 
 * member events: a member suspended (its real server removed, ``drain_seconds`` 0),
-  then activated again (added back), alternating, on services other than the probe's
-  -- reported together and apart ("left": nothing new in the file, no ``keepalived
-  -t``; "came": ``keepalived -t`` on the new block in its virtual server);
+  then activated again (added back), alternating, on services other than the probe's;
+  then members never seen before, as Stratos brings them: MemberInitializedEvent (the
+  instance has its address), the loop left until idle (the director has keepalived
+  check the coming block ahead, :mod:`~cartridge_agent_lvs.director.ahead`), then
+  MemberActivatedEvent, timed -- reported together and apart ("left": nothing new in
+  the file, no ``keepalived -t``; "came": back, its block accepted before, no ``-t``
+  either; "new": its block checked ahead, no ``-t`` when it is activated);
 * drain: with ``drain_seconds`` 600 a leaving member only gets weight 0 and a
   returning one its weight back -- weight-only changes, still one reload each;
 * health check under change: a member of the probe service (3 real servers,
@@ -24,7 +28,7 @@ The observer is kept light: after a member event IPVS is read only once the loop
 sent its SIGHUP, and only the virtual service concerned (the service list, then its
 real servers -- not the whole table, whose decoding in Python costs seconds at 10,000
 real servers in the emulated guest), of which only the real server concerned is
-decoded (:func:`read_dest`).  The loop is driven by hand: the convergence watcher's
+decoded (:class:`Observer`).  The loop is driven by hand: the convergence watcher's
 thread is not started.
 
 The sizes use 10 services of N/10 real servers (as in issue 14), plus the probe; the
@@ -143,26 +147,80 @@ def find_dest(messages, ip: str, family: int):
     return None
 
 
-def read_dest(vip: str, ip: str):
-    """``(service there, weight)`` of real server *ip* of IPVS service *vip*:80/TCP
-    (weight None when the real server is absent), read with the product's generic
-    netlink code: the service list, then that service's real servers, of which only
-    the one concerned is decoded (:func:`find_dest`).  Decoding a 1,000-real-server
-    answer costs about a second of the emulated guest's processor: the observer must
-    not compete with what it measures."""
-    from cartridge_agent_lvs.director.ipvs_netlink import GenlSocket, IpvsDump
-    from cartridge_agent_lvs.director.stats import service_from_attrs
-    sock = GenlSocket(None)
-    try:
-        ipvs = IpvsDump(sock)
-        for attrs in ipvs.services():
-            found = service_from_attrs(attrs)
-            if found.address == vip and found.port == PORT and found.protocol == "TCP":
-                family = socket.AF_INET6 if ":" in vip else socket.AF_INET
-                return True, find_dest(ipvs.dest_messages(attrs), ip, family)
-        return False, None
-    finally:
-        sock.close()
+class Observer:
+    """One real server of one IPVS service, read with the product's generic netlink
+    code and kept light, for polling: one socket kept open (*sock*, default a
+    :class:`GenlSocket` here), the service's key kept from one read to the next, and
+    the answer with its real servers searched as raw bytes -- only message headers are
+    walked (to find the end of the dump) and only the message holding the address is
+    decoded (:func:`find_dest`).  Decoding every real server of a 1,000-real-server
+    service costs a tenth of a second or more of the emulated guest's processor;
+    polled every 10 ms after a SIGHUP, that would take a processor from the keepalived
+    reload being timed."""
+
+    def __init__(self, sock=None) -> None:
+        from cartridge_agent_lvs.director.ipvs_netlink import GenlSocket, IpvsDump
+        self.sock = sock if sock is not None else GenlSocket(None)
+        self.ipvs = IpvsDump(self.sock)
+        self._keys: dict = {}
+
+    def _key(self, vip: str):
+        from cartridge_agent_lvs.director.ipvs_netlink import SERVICE_KEY
+        from cartridge_agent_lvs.director.stats import service_from_attrs
+        if vip not in self._keys:
+            for attrs in self.ipvs.services():
+                found = service_from_attrs(attrs)
+                if found.address == vip and found.port == PORT and found.protocol == "TCP":
+                    self._keys[vip] = {k: attrs[k] for k in SERVICE_KEY if k in attrs}
+        return self._keys.get(vip)
+
+    def read(self, vip: str, ip: str):
+        """``(service there, weight)`` of real server *ip*:80 of service *vip*:80/TCP
+        (weight None when the real server is absent)."""
+        from cartridge_agent_lvs.director import ipvs_netlink as nl
+        from cartridge_agent_lvs.director.stats import DEST_ADDR
+        from cartridge_agent_lvs.realserver.rtnl import _NLMSGHDR
+        key = self._key(vip)
+        if key is None:
+            return False, None
+        ipvs = self.ipvs
+        ipvs._seq += 1
+        seq = ipvs._seq
+        self.sock.send(nl.request(ipvs.family, nl.IPVS_CMD_GET_DEST, nl.IPVS_GENL_VERSION,
+                                  seq, nl.NLM_F_DUMP, nl._attr(nl.IPVS_CMD_ATTR_SERVICE, b"".join(
+                                      nl._attr(k, v) for k, v in key.items()))))
+        family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+        packed = socket.inet_pton(family, ip)
+        needles = [struct.pack("=HH", 4 + 16, DEST_ADDR) + packed.ljust(16, b"\0"),
+                   struct.pack("=HH", 4 + len(packed), DEST_ADDR) + packed]
+        weight, there = None, True
+        while True:
+            data = self.sock.recv()
+            hits = [at for at in (data.find(n) for n in needles) if at >= 0]
+            offset, done = 0, False
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _, msg_seq, _ = _NLMSGHDR.unpack_from(data, offset)
+                if length < _NLMSGHDR.size:
+                    break
+                if msg_seq == seq:
+                    if kind == nl.NLMSG_DONE:
+                        done = True
+                    elif kind == nl.NLMSG_ERROR:
+                        done, there = True, struct.unpack_from("=i", data, offset + 16)[0] == 0
+                    elif any(offset <= at < offset + length for at in hits):
+                        found = find_dest([data[offset + _NLMSGHDR.size:offset + length]],
+                                          ip, family)
+                        weight = found if found is not None else weight
+                offset += (length + 3) & ~3
+            if done:
+                break
+        if not there:
+            self._keys.pop(vip, None)
+            return False, None
+        return True, weight
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _running_in(groups) -> list:
@@ -205,6 +263,7 @@ class Run:
         self.director = service.Director(self.settings, self.layout)
         self.inactive = {s: set() for s in range(SCALE_SERVICES + 1)}
         self.procs = []
+        self.observer = None
 
     def doc(self) -> dict:
         members = {s: [i for i in range(self.per) if i not in self.inactive[s]]
@@ -217,7 +276,7 @@ class Run:
              dest=None, after_reload: bool = False, interval: float = 0.01) -> float:
         """Tick the loop and poll IPVS every *interval* until ``until(reading)``;
         seconds since *start* (default: now).  The reading is the whole table, or with
-        *dest* = (vip, ip) only :func:`read_dest` of that real server (the observer
+        *dest* = (vip, ip) only that real server (:class:`Observer`) (the observer
         must not slow the guest down); with *after_reload* IPVS is read only once the
         loop has sent its SIGHUP (it cannot show the change before)."""
         from cartridge_agent_lvs.director.stats import read_ipvs
@@ -229,7 +288,7 @@ class Run:
             if self.signalled is None and self.director.reloads > reloads:
                 self.signalled = time.monotonic() - start     # validated, written, SIGHUP
             if not (after_reload and self.signalled is None) and until(
-                    read_dest(*dest) if dest else read_ipvs()):
+                    self.observer.read(*dest) if dest else read_ipvs()):
                 return time.monotonic() - start
             if now - start > timeout:
                 raise TimeoutError(f"{what}: not seen in IPVS within {timeout:g} s")
@@ -260,6 +319,7 @@ class Run:
                                                stdin=subprocess.DEVNULL,
                                                start_new_session=True))
         want = self.size + PROBE_MEMBERS
+        self.observer = Observer()
         self.pump(lambda k: sum(len(s.dests) for s in k) >= want, 600, "keepalived start",
                   interval=0.5)
         for _, part in self.layout.instances() if self.shards else [(0, self.layout)]:
@@ -291,6 +351,34 @@ class Run:
         self.director.handle(FeedUpdate(name, self.st.member_event(s, i), "bench"), t0)
         return self.pump(shown, 900, f"{name} svc{s} member {i}", t0, dest=(vip, ip),
                          after_reload=True)
+
+    def new_member(self, s: int, i: int) -> tuple:
+        """A member never seen before, as Stratos brings one: MemberInitializedEvent
+        (its instance has its address), the loop ticked until it is idle again (the
+        director's check ahead of the member's block has answered), then
+        MemberActivatedEvent.  (seconds until idle, seconds from the activation until
+        IPVS shows the real server)."""
+        from cartridge_agent_lvs.director.feeds import FeedUpdate
+        vip, ip = self.st.vip(s), self.st.member_ip(s, i)
+        t0 = time.monotonic()
+        self.director.handle(FeedUpdate("MemberInitializedEvent", self.st.member_event(s, i),
+                                        "bench"), t0)
+        ahead = self.director.ahead
+        while True:
+            now = time.monotonic()
+            self.director.tick(now)
+            if not (ahead.due or ahead.running or self.director.deadline() is not None):
+                break
+            if now - t0 > 900:
+                raise TimeoutError(f"svc{s} member {i}: the loop is not idle after 900 s")
+            time.sleep(0.01)
+        idle = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.director.handle(FeedUpdate("MemberActivatedEvent", self.st.member_event(s, i),
+                                        "bench"), t1)
+        return idle, self.pump(lambda r: r[0] and r[1] is not None, 900,
+                               f"MemberActivatedEvent svc{s} new member {i}", t1,
+                               dest=(vip, ip), after_reload=True)
 
     def probe(self, s: int, i: int) -> dict:
         """Kill a probe real server while member i of service s changes."""
@@ -331,10 +419,12 @@ class Run:
         if _running_in(groups):
             print(f"  warning: keepalived processes {_running_in(groups)} still run 60 s "
                   "after SIGKILL", flush=True)
+        if self.observer is not None:
+            self.observer.close()
         subprocess.run(["ipvsadm", "-C"], check=False)
 
 
-def one(args, size: int, shards: int, events: int) -> dict:
+def one(args, size: int, shards: int, events: int, new_events: int) -> dict:
     run = Run(args, size, shards, drain=0)
     out = {"size": size, "shards": shards}
     try:
@@ -347,11 +437,26 @@ def one(args, size: int, shards: int, events: int) -> dict:
             signalled.append(run.signalled)
             print(f"  {size} shards={shards} event {k + 1}/{events} ({kinds[-1]}): "
                   f"{times[-1]:.3f} s (SIGHUP sent after {run.signalled} s)", flush=True)
+        idle = []
+        for k in range(new_events):          # members never seen, on services 1..9
+            s = 1 + k % (SCALE_SERVICES - 1)
+            took, seconds = run.new_member(s, run.per + k)
+            idle.append(took)
+            times.append(seconds)
+            signalled.append(run.signalled)
+            kinds.append("new")
+            print(f"  {size} shards={shards} new member {k + 1}/{new_events}: "
+                  f"{seconds:.3f} s (SIGHUP sent after {run.signalled} s; the loop was "
+                  f"idle {took:.2f} s after MemberInitializedEvent)", flush=True)
         out["events"] = summary(times)
-        for kind in ("left", "came"):       # a member that left: nothing new to -t
+        # left: nothing new to -t; came: back, its block accepted before; new: its
+        # block checked ahead, between MemberInitializedEvent and its activation
+        for kind in ("left", "came", "new"):
             out[kind] = summary([t for t, k in zip(times, kinds) if k == kind])
         out["to_sighup"] = summary([t for t in signalled if t is not None])
+        out["idle_after_initialized"] = summary(idle)
         out["event_seconds"] = [round(t, 3) for t in times]
+        out["event_kinds"] = kinds
         out["probe"] = run.probe(5, run.per - 1)
         print(f"  {size} shards={shards} probe: {out['probe']}", flush=True)
         if args.drain_events:
@@ -432,10 +537,11 @@ def inner(args) -> dict:
         for size in args.sizes:
             for shards in [{"single": 0, "sharded": args.shards}[name]
                            for name in args.layouts]:
-                events = args.events
+                events, new = args.events, args.new_events
                 if shards == 0 and size >= 10000 and args.single_events_at_10000:
                     events = args.single_events_at_10000
-                results.append(one(args, size, shards, events))
+                    new = min(new, max(1, events // 2))
+                results.append(one(args, size, shards, events, new))
                 if args.json:
                     with open(args.json, "w") as f:
                         json.dump({"runs": results, "empty_shard": empty,
@@ -445,9 +551,34 @@ def inner(args) -> dict:
     return {"runs": results, "empty_shard": empty}
 
 
+SYSLOG = "/dev/log"
+
+
+def syslog_sink(path: str) -> None:
+    """Receive syslog datagrams on :data:`SYSLOG` and append them to *path*, forever
+    (``--syslog``): the host's journald or rsyslog, which the guest lacks.  Without
+    one, keepalived's syslog(3) calls fail and -- with ``-l``, which the lab's
+    command lines carry -- glibc writes every message to ``/dev/console`` instead: in
+    the guest an emulated serial line, about 40,000 lines per run ("Activating
+    healthchecker ..." for each of a shard's checkers at every reload)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(SYSLOG)
+    with open(path, "ab", buffering=1 << 16) as out:
+        while True:
+            out.write(sock.recv(8192) + b"\n")
+
+
 def here(args) -> dict:
     for module in ("ip_vs", "ip_vs_rr", "dummy"):
         subprocess.run(["modprobe", module], check=False)
+    sink = None
+    if not os.path.exists(SYSLOG):            # a guest: no syslog daemon
+        log = os.path.join(os.path.dirname(os.path.abspath(args.json)), "syslog.log")
+        sink = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--syslog", log],
+                                stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(SYSLOG) and time.monotonic() < deadline:
+            time.sleep(0.05)
     ns = f"lvsbench-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
@@ -456,6 +587,10 @@ def here(args) -> dict:
         subprocess.run(["ip", "netns", "exec", ns, *argv], check=True)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+        if sink is not None:
+            sink.kill()
+            sink.wait()
+            os.unlink(SYSLOG)
     with open(args.json) as f:
         return json.load(f)
 
@@ -464,7 +599,8 @@ def _common(args) -> list:
     return ["--sizes", ",".join(map(str, args.sizes)), "--events", str(args.events),
             "--single-events-at-10000", str(args.single_events_at_10000),
             "--shards", str(args.shards), "--quiet", str(args.quiet),
-            "--drain-events", str(args.drain_events), "--layouts", ",".join(args.layouts)]
+            "--drain-events", str(args.drain_events), "--new-events", str(args.new_events),
+            "--layouts", ",".join(args.layouts)]
 
 
 def in_vm(args) -> dict:
@@ -495,7 +631,8 @@ def report(r: dict) -> str:
              "changes", ""]
     head = (f"{'real servers':>12}  {'layout':<22}{'start':>7}  {'events':>6} "
             f"{'median':>7} {'p99':>7} {'max':>7}  {'to SIGHUP med/p99':>18}  "
-            f"{'drain med/p99':>14}  {'probe':>7}  {'left med/p99':>13}  {'came med/p99':>13}")
+            f"{'drain med/p99':>14}  {'probe':>7}  {'left med/p99':>13}  {'came med/p99':>13}  "
+            f"{'new med/p99':>13}")
     lines.append(head)
     for size in sorted(rows):
         for shards, run in sorted(rows[size].items()):
@@ -507,7 +644,8 @@ def report(r: dict) -> str:
                          f"{e.get('p99', '-'):>7} {e.get('max', '-'):>7}  {sig:>18}  "
                          f"{drain:>14}  "
                          f"{run.get('probe', {}).get('removed_after', '-'):>7}  "
-                         + "  ".join(f"{_pair(run.get(k)):>13}" for k in ("left", "came")))
+                         + "  ".join(f"{_pair(run.get(k)):>13}" for k in ("left", "came",
+                                                                          "new")))
     return "\n".join(lines)
 
 
@@ -532,14 +670,20 @@ def main() -> int:
                         help="member events for the single file at >= 10,000 (37 s each)")
     parser.add_argument("--quiet", type=float, default=0.2, help="quiet_period, s")
     parser.add_argument("--drain-events", type=int, default=6)
+    parser.add_argument("--new-events", type=int, default=10,
+                        help="members never seen: initialized, then activated")
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--listen", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--syslog", metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args()
     if args.listen:
         listen()
+        return 0
+    if args.syslog:
+        syslog_sink(args.syslog)
         return 0
     if args.inner:
         result = inner(args)

@@ -34,6 +34,14 @@ the real keepalived, in the virtual server it stands in, now or when an earlier 
 was checked.  The caller keeps *validated* only for a file it had checked and wrote
 itself (never one it found in place), and checks in full when told to recheck.
 
+:class:`Accepted` remembers, beyond the last file, every real-server block keepalived
+accepted in each virtual server (under the same opening part): a member that comes
+back (suspended, then activated) or whose block was checked ahead of time -- while
+its instance boots, before Stratos activates it (see ``Keepalived.vet``) -- brings
+nothing new to check.  A virtual server that changed still has the sum of its weights
+compared with the quorum here; when it falls short the whole file goes to keepalived,
+whose verdict (a warning, so a refusal) is then the one that counts.
+
 The text is the renderer's (:mod:`.render`): an opening brace ends a line, a closing
 one stands alone, a real server's block opens at one indent (``real_server``) inside
 a ``virtual_server`` block at none.
@@ -41,7 +49,7 @@ a ``virtual_server`` block at none.
 
 from __future__ import annotations
 
-from typing import List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 _VS = "\nvirtual_server "
 _VS_END = "\n}"
@@ -94,9 +102,55 @@ class Outline:
         return 1 if at < 0 else int(head[at + len(_QUORUM):head.index("\n", at + 1)])
 
 
-def to_check(validated: Optional[Outline], new: Outline) -> Optional[str]:
+class Accepted:
+    """The real-server blocks keepalived accepted, per virtual-server header, under
+    one opening part (another opening part starts afresh).  Bounded: :meth:`trim`
+    keeps, per live virtual server, its live blocks plus at most as many others again
+    (and :data:`SLACK`) -- members that came back or were checked ahead of time."""
+
+    SLACK = 1024
+
+    def __init__(self) -> None:
+        self.prelude: Optional[str] = None
+        self._blocks: Dict[str, Set[str]] = {}
+
+    def known(self, prelude: str, head: str) -> Set[str]:
+        """Blocks accepted under *prelude* in the virtual server headed *head*."""
+        if prelude != self.prelude:
+            return set()
+        return self._blocks.get(head, set())
+
+    def add(self, outline: Outline) -> None:
+        """Every block of *outline*, a text keepalived accepted."""
+        if outline.skeleton is None:
+            return
+        if outline.prelude != self.prelude:
+            self.prelude, self._blocks = outline.prelude, {}
+        for head, blocks in zip(outline.heads, outline.servers):
+            self._blocks.setdefault(head, set()).update(blocks)
+
+    def trim(self, live: Outline) -> None:
+        """Forget the virtual servers *live* (the file in place) no longer has, and
+        start a live one's memory over from its blocks when it has grown too big."""
+        if live.skeleton is None or live.prelude != self.prelude:
+            self.prelude, self._blocks = None, {}
+            return
+        kept: Dict[str, Set[str]] = {}
+        for head, blocks in zip(live.heads, live.servers):
+            known = self._blocks.get(head, set())
+            kept[head] = known if len(known) <= 2 * len(blocks) + self.SLACK \
+                else set(blocks)
+        self._blocks = kept
+
+    def __len__(self) -> int:
+        return sum(map(len, self._blocks.values()))
+
+
+def to_check(validated: Optional[Outline], new: Outline,
+             accepted: Optional[Accepted] = None) -> Optional[str]:
     """The text ``keepalived -t`` must accept for *new* to be known good, given that
-    it accepted *validated*; None when nothing in *new* is new (see the module)."""
+    it accepted *validated* (and every block in *accepted*); None when nothing in
+    *new* is new (see the module)."""
     if validated is None or new.skeleton is None or validated.skeleton is None \
             or new.skeleton != validated.skeleton:
         return new.text
@@ -108,12 +162,16 @@ def to_check(validated: Optional[Outline], new: Outline) -> Optional[str]:
         if len({b[:b.index("{")] for b in after}) != len(after):
             return new.text                 # a real server twice
         known = set(before)
-        came = [i for i, b in enumerate(after) if b not in known]
-        if came:
-            try:
-                came = sorted(set(came) | _weight_kept(after, new.quorum(vs), set(came)))
-            except ValueError:              # a weight or quorum that is not a number
-                return new.text
+        more = accepted.known(new.prelude, new.heads[vs]) if accepted is not None else ()
+        came = [i for i, b in enumerate(after) if b not in known and b not in more]
+        try:
+            quorum = new.quorum(vs)
+            if came:
+                came = sorted(set(came) | _weight_kept(after, quorum, set(came)))
+            elif not _meets(after, quorum):
+                return new.text             # keepalived's own word on the quorum
+        except ValueError:                  # a weight or quorum that is not a number
+            return new.text
         fresh.append(came)
     if not any(fresh):
         return None
@@ -130,6 +188,16 @@ def _weight(block: str) -> int:
     if at < 0:
         return 1                            # keepalived's default
     return int(block[at + len(_WEIGHT):block.index("\n", at + 1)])
+
+
+def _meets(blocks: Iterable[str], quorum: int) -> bool:
+    """Whether the weights of *blocks* add up to *quorum* (stops as soon as they do)."""
+    total = 0
+    for block in blocks:
+        total += _weight(block)
+        if total >= quorum:
+            return True
+    return total >= quorum
 
 
 def _weight_kept(blocks: Tuple[str, ...], quorum: int, chosen: Set[int]) -> Set[int]:

@@ -40,15 +40,16 @@ import re
 import signal
 import stat
 import subprocess
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import HostError, LvsError
 from .files import fsync_dir as _fsync_dir
 from .files import open_regular, read_text, temp_beside
-from .increment import Outline, to_check
+from .increment import Accepted, Outline, to_check
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,12 @@ class Keepalived:
             tuple(reload_command) if reload_command else None)
         self.timeout = timeout
         self._blocks = None
+        self._vet_blocks = None
         #: the last text this object had keepalived accept and then wrote (see
         #: :meth:`check_new`); never a file it found in place
         self._validated: Optional[Outline] = None
+        #: every real-server block keepalived accepted here (:mod:`.increment`)
+        self._accepted = Accepted()
 
     # -- the layout the service loop drives (see also shards.ShardedKeepalived) -----
 
@@ -140,7 +144,7 @@ class Keepalived:
         when members only left (:func:`~.increment.to_check`).  *recheck* checks the
         whole file.  Returns *text*'s outline, for :meth:`accepted`."""
         outline = Outline(text)
-        todo = to_check(None if recheck else self._validated, outline)
+        todo = to_check(None if recheck else self._validated, outline, self._accepted)
         if todo is None:
             log.debug("%s: nothing new for keepalived -t", self.conf_path)
         elif todo is text:
@@ -152,6 +156,30 @@ class Keepalived:
     def accepted(self, checked: Outline) -> None:
         """The text *checked* by :meth:`check_new` is now the live file."""
         self._validated = checked
+        self._accepted.add(checked)
+        self._accepted.trim(checked)
+
+    def vet(self, config) -> List["Vetting"]:
+        """Have keepalived check ahead of time, in the background, the real-server
+        blocks *config* (what the topology will serve once its booting members are
+        active) adds to the live file -- so that their activation finds them accepted
+        and runs no ``keepalived -t`` on its way to the kernel.  Nothing starts when
+        there is no baseline, nothing new, or more than new blocks (a new virtual
+        server, a changed header: that is checked whole when it is applied)."""
+        from .render import Blocks, render
+        if self._vet_blocks is None:
+            self._vet_blocks = Blocks()
+        self._vet_blocks.forget_others(vs.key for vs in config.virtual_servers)
+        return self.vet_text(render(config, self._vet_blocks))
+
+    def vet_text(self, text: str) -> List["Vetting"]:
+        """:meth:`vet` for the rendered *text*."""
+        if self._validated is None:
+            return []
+        todo = to_check(self._validated, Outline(text), self._accepted)
+        if todo is None or todo is text:
+            return []
+        return [Vetting(self, todo)]
 
     # -- applying -------------------------------------------------------------------
 
@@ -352,6 +380,60 @@ class Keepalived:
     def _temp(self, text: str):
         return temp_beside(self.conf_path, text, f"{_TEMP_PREFIX}{os.getpid()}-",
                            _TEMP_SUFFIX)
+
+
+class Vetting:
+    """One ``keepalived -t`` running in the background on a file of real-server blocks
+    checked ahead of time (:meth:`Keepalived.vet`); :meth:`poll` until it answers.
+    Accepted blocks join the instance's memory of accepted blocks; refused ones do
+    not, and are checked again, and refused with keepalived's lines, when applied."""
+
+    def __init__(self, owner: Keepalived, text: str) -> None:
+        self.owner, self.outline = owner, Outline(text)
+        self.started = time.monotonic()
+        self.ok: Optional[bool] = None
+        self._stack = ExitStack()
+        try:
+            path = self._stack.enter_context(owner._temp(text))
+            self._output = self._stack.enter_context(tempfile.TemporaryFile())
+            self.proc = subprocess.Popen([owner.binary, "-t", "-f", path],
+                                         stdin=subprocess.DEVNULL, stdout=self._output,
+                                         stderr=subprocess.STDOUT)
+        except (OSError, HostError) as exc:
+            self._stack.close()
+            self.ok = False
+            self.proc = None
+            log.debug("could not check ahead for %s: %s", owner.conf_path, exc)
+
+    def poll(self) -> Optional[bool]:
+        """None while keepalived runs; then whether it accepted the blocks."""
+        if self.ok is not None or self.proc is None:
+            return self.ok
+        code = self.proc.poll()
+        if code is None:
+            if time.monotonic() - self.started <= self.owner.timeout:
+                return None
+            self.proc.kill()
+            code = self.proc.wait()
+        self._output.seek(0)
+        output = self._output.read().decode("utf-8", "replace").strip()
+        self._stack.close()
+        self.ok = code == 0 and not output
+        if self.ok:
+            self.owner._accepted.add(self.outline)
+        else:
+            log.info("%s: keepalived -t refused blocks checked ahead of time (they are "
+                     "checked again when applied): %s", self.owner.conf_path,
+                     "; ".join(output.splitlines()[:3]) or f"exit {code}")
+        return self.ok
+
+    def cancel(self) -> None:
+        """Stop the check (the service is stopping)."""
+        if self.proc is not None and self.ok is None:
+            self.proc.kill()
+            self.proc.wait()
+            self.ok = False
+        self._stack.close()
 
 
 def run_checker(argv: Sequence[str], timeout: float,

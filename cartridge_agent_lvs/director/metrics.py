@@ -78,6 +78,11 @@ class LoopMetrics:
                               ("event",))
         self.ignored = counter("feed_events_ignored", "topology updates that changed "
                                "nothing, by reason", ("reason",))
+        self.ahead_checks = counter(
+            "ahead_checks", "keepalived -t runs on booting members' real-server blocks "
+            "before their activation, by result (accepted, refused)", ("result",))
+        for result in ("accepted", "refused"):
+            self.ahead_checks.labels(result)        # exported from the start, at 0
         self.mass_removal_held = gauge(
             "mass_removal_held", "1 while a mass removal is held back")
         self.draining = gauge("real_servers_draining",

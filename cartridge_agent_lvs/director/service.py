@@ -54,6 +54,7 @@ from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple
 from prometheus_client import CollectorRegistry
 
 from ..errors import HostError, LvsError, SettingsError, TopologyError
+from .ahead import AheadChecks
 from .coalesce import Coalescer
 from .drain import Drain
 from .feeds import Backoff, Feed, FeedUpdate
@@ -242,6 +243,7 @@ class Director:
                                       settings.allow_mass_removal)
         self.drain = Drain(settings.drain_seconds)
         self.plans = PlanCache(settings)
+        #: keepalived checks of booting members' real servers, ahead of their activation
         self.problems = ProblemLog(log)
         self._warned: frozenset = frozenset()
         self._applied_text: Optional[str] = None    #: last text written (or in place)
@@ -254,6 +256,9 @@ class Director:
         self.reloads = 0       #: reloads signalled
         self.registry = CollectorRegistry()
         self.metrics = LoopMetrics(self.registry)
+        #: keepalived checks of booting members' real servers, ahead of their activation
+        self.ahead = AheadChecks(PlanCache(settings).plan, lambda ok: (
+            self.metrics.ahead_checks.labels("accepted" if ok else "refused").inc()))
         self.read_kernel = read_kernel or read_ipvs
         self.watcher = ConvergenceWatcher(self.read_kernel, self.metrics, clock)
         #: what keepalived was given last (the live file's content at start)
@@ -335,6 +340,7 @@ class Director:
         if self.topology is None:
             log.info("first complete topology received from %s", update.source)
         self.topology = new
+        self.ahead.note(update.name, update.complete)
         self.coalescer.touch(now)
         if self._cause is None:
             self._cause = now if received is None else received
@@ -371,7 +377,10 @@ class Director:
         return min(times) if times else None
 
     def deadline(self) -> Optional[float]:
-        times = [t for t in (self._pipeline_deadline(), self._reload_at,
+        pipeline = self._pipeline_deadline()
+        # checks ahead wait while a change waits to be applied (see tick)
+        ahead = self.ahead.deadline() if pipeline is None else None
+        times = [t for t in (pipeline, self._reload_at, ahead,
                              self.announcer and self.announcer.deadline()) if t is not None]
         return min(times) if times else None
 
@@ -402,7 +411,8 @@ class Director:
             self.announcer.close()
 
     def tick(self, now: float) -> bool:
-        """Run the pipeline (or retry a failed reload) if due; True when it ran."""
+        """Run the pipeline (or retry a failed reload) if due; True when it ran.
+        Else, while no change waits to be applied, check booting members ahead."""
         if self.topology is None:
             return False
         deadline = self._pipeline_deadline()
@@ -417,6 +427,13 @@ class Director:
         if self._reload_at is not None and now >= self._reload_at:
             self._reload(now)
             return True
+        if deadline is None and self.served is not None:
+            try:
+                self.ahead.tick(now, self.topology, self.keepalived)
+            except Exception as exc:    # an optimisation: never the service's end
+                self.problems.report("ahead", "could not check booting members ahead: "
+                                     f"{type(exc).__name__}: {exc}", logging.WARNING,
+                                     exc_info=not isinstance(exc, LvsError))
         return False
 
     def _reload(self, now: float) -> bool:
@@ -593,6 +610,7 @@ def run(settings, stop: Optional[threading.Event] = None, *,
                 # shut down (a feed can take a while to stop)
                 director.stop_announcing(feed.stop)
     finally:
+        director.ahead.close()
         director.watcher.stop()
         if server is not None:
             server.stop()

@@ -123,6 +123,7 @@ class ShardedKeepalived:
         #: and within a changed shard, each unchanged virtual server (and real server)
         #: is not rendered again either
         self._blocks = Blocks()
+        self._vet_blocks = Blocks()       #: the same, for :meth:`vet`'s renderings
         #: instance -> the text this object last wrote to its file or found there
         self._in_place: Dict[int, str] = {}
 
@@ -160,6 +161,21 @@ class ShardedKeepalived:
         text = render_checkers(part, self._blocks)
         self._rendered[n] = (part, text)
         return text
+
+    def vet(self, config: LvsConfig) -> list:
+        """Check ahead of time, in the background, the new real-server blocks of
+        *config* in each shard (:meth:`Keepalived.vet`); a virtual server not placed
+        yet is left to the check when it is applied."""
+        placed = [vs for vs in config.virtual_servers if vs.key in self.placed]
+        self._vet_blocks.forget_others(vs.key for vs in placed)
+        parts = split(replace(config, virtual_servers=tuple(placed)),
+                      {vs.key: self.placed[vs.key] for vs in placed}, self.shards)
+        started = []
+        for n, part in enumerate(parts, 1):
+            live = self._rendered.get(n)
+            if n in self.parts and live is not None and live[0] != part:
+                started += self.parts[n].vet_text(render_checkers(part, self._vet_blocks))
+        return started
 
     # -- applying -------------------------------------------------------------------
 

@@ -444,6 +444,31 @@ def _application_clusters_removed(topology: Topology, data: Dict[str, Any]) -> T
     return topology
 
 
+#: a member's statuses on its way to Active (Stratos: Created -> Initialized, once the
+#: instance has its addresses -> Starting, once its cartridge agent runs -> Active)
+BOOTING = frozenset({"Created", "Initialized", "Starting"})
+#: the events that leave a member booting
+BOOTING_EVENTS = frozenset(e for e, status in _STATUS_EVENTS.items() if status in BOOTING)
+
+
+def prospective(topology: Topology) -> Topology:
+    """*topology* as it will be once its booting members are active (pure); the very
+    same value when none is booting, and each service without one kept as it is."""
+    services = dict(topology.services)
+    changed = False
+    for name, service in topology.services.items():
+        clusters = dict(service.clusters)
+        for cluster_id, cluster in service.clusters.items():
+            booting = [m for m in cluster.members.values() if m.status in BOOTING]
+            if booting:
+                members = dict(cluster.members)
+                members.update((m.member_id, replace(m, status=ACTIVE)) for m in booting)
+                clusters[cluster_id] = replace(cluster, members=_frozen(members))
+                services[name] = replace(service, clusters=_frozen(clusters))
+                changed = True
+    return replace(topology, services=_frozen(services)) if changed else topology
+
+
 _HANDLED = frozenset(_STATUS_EVENTS) | {"MemberTerminatedEvent", "ServiceCreatedEvent",
                                         "ServiceRemovedEvent", "ClusterCreatedEvent",
                                         "ClusterRemovedEvent",

@@ -60,3 +60,16 @@ def test_find_dest_ipv6():
     assert bench.find_dest(messages, "fd99::10", socket.AF_INET6) == 4
     assert bench.find_dest(messages, "fd99::1", socket.AF_INET6) == 0
     assert bench.find_dest(messages, "fd99::2", socket.AF_INET6) is None
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_the_observer_finds_one_real_server_in_the_raw_answer(split):
+    dests = [dest(f"10.1.0.{n}", 80, weight=n % 3) for n in (1, 10, 11, 100)]
+    genl = FakeGenl([(svc("192.0.2.10", 80), dests)], split=split)
+    observer = bench.Observer(genl)
+    assert [observer.read("192.0.2.10", f"10.1.0.{n}") for n in (1, 10, 11, 100)] \
+        == [(True, 1), (True, 1), (True, 2), (True, 1)]
+    assert observer.read("192.0.2.10", "10.1.0.2") == (True, None)
+    assert observer.read("192.0.2.99", "10.1.0.1") == (False, None)   # no such service
+    services = sum(1 for r in genl.requests if r["cmd"] == 4)
+    assert services == 2            # the service's key was looked up once, then kept

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from cartridge_agent_lvs.director.increment import Outline, to_check
+from cartridge_agent_lvs.director.increment import Accepted, Outline, to_check
 from cartridge_agent_lvs.director.keepalived import Keepalived, ValidationError
 from cartridge_agent_lvs.director.plan import plan
 from cartridge_agent_lvs.director.render import render, render_checkers
@@ -118,6 +118,51 @@ def test_a_text_the_renderer_does_not_write_is_checked_whole():
     assert to_check(None, Outline(old)) is old
 
 
+def remembered(*texts: str) -> Accepted:
+    memory = Accepted()
+    for t in texts:
+        memory.add(Outline(t))
+    return memory
+
+
+def test_a_block_accepted_before_in_its_virtual_server_is_not_new():
+    full, left = text({0: range(3), 1: range(3)}), text({0: range(3), 1: [0, 2]})
+    back = full                                      # member 1 of svc1 comes back
+    assert check(left, back) is not None             # the last file alone: new
+    assert to_check(Outline(left), Outline(back), remembered(full, left)) is None
+    # ... but only in the virtual server it was accepted in, under the same opening
+    other = text({0: range(3), 1: [0, 2]}, delay_loop=7)
+    assert remembered(full).known(Outline(other).prelude, Outline(other).heads[1]) \
+        == remembered(full).known(Outline(full).prelude, Outline(other).heads[1]) == set()
+    moved = Accepted()
+    moved.add(Outline(full.replace("router_id lvs_extension", "router_id other")))
+    assert to_check(Outline(left), Outline(back), moved) is not None
+
+
+def test_members_that_left_until_only_drained_ones_stay_are_checked_whole():
+    # svc0: member 0 at weight 1, member 1 drained; member 0 leaves -> the weights add
+    # up to 0 < quorum 1, which keepalived warns about (a refusal)
+    old = text({0: range(2)}, weights={st.member_ip(0, 1): 0})
+    new = text({0: [1]}, weights={st.member_ip(0, 1): 0})
+    assert to_check(Outline(old), Outline(new), remembered(old)) is new
+
+
+def test_the_memory_keeps_live_blocks_and_a_bounded_number_of_others():
+    memory = Accepted()
+    big = text({0: range(Accepted.SLACK + 20)})
+    memory.add(Outline(big))
+    small = Outline(text({0: range(5)}))
+    memory.add(small)
+    memory.trim(small)                      # 1044 known > 2 * 5 + 1024: start over
+    assert memory.known(small.prelude, small.heads[0]) == set(small.servers[0])
+    memory.add(Outline(text({0: range(5), 1: range(2)})))
+    assert len(memory) == 7
+    memory.trim(small)                                  # svc1 left the file
+    assert len(memory) == 5
+    memory.trim(Outline(text({1: range(2)})))          # another opening part
+    assert len(memory) == 0
+
+
 # -- against the real keepalived ------------------------------------------------------
 
 def accepted(tmp_path, conf: str) -> bool:
@@ -147,14 +192,20 @@ def test_its_verdict_is_keepalived_verdict_on_the_whole_file(tmp_path):
     drained: set = set()
     good = text({s: sorted(m) for s, m in members.items()})
     assert accepted(tmp_path, good)
+    memory = remembered(good)           # every block accepted so far, as the writer's
     seen = {"nothing": 0, "part": 0, "whole": 0, "refused": 0}
-    for step in range(40):
+    for step in range(48):
         s = rng.choice([0, 1])
-        move = rng.choice(["leave", "come", "drain", "bad", "drain-all", "service"])
+        move = rng.choice(["leave", "come", "back", "drain", "bad", "drain-all",
+                           "service"])
         new_members = {k: set(v) for k, v in members.items()}
         new_drained = set(drained)
         if move == "leave" and len(new_members[s]) > 1:
             new_members[s].discard(rng.choice(sorted(new_members[s])))
+        elif move == "back":                    # a member that left comes back
+            gone = set(range(max(new_members[s] | {0}))) - new_members[s]
+            if gone:
+                new_members[s].add(rng.choice(sorted(gone)))
         elif move in ("come", "bad"):
             new_members[s].add(max(new_members[s] | {0}) + rng.randint(1, 3))
         elif move == "drain":
@@ -171,13 +222,15 @@ def test_its_verdict_is_keepalived_verdict_on_the_whole_file(tmp_path):
         if move == "bad":
             block = [b for b in Outline(new).servers[s] if b not in good]
             new = new.replace(block[0], rng.choice(BAD_BLOCKS)(block[0]))
-        todo = check(good, new)
+        todo = to_check(Outline(good), Outline(new), memory)
         verdict = True if todo is None else accepted(tmp_path, todo)
         whole = accepted(tmp_path, new)
         assert verdict == whole, (step, move, todo)
         seen["nothing" if todo is None else "whole" if todo is new else "part"] += 1
         if whole:
             good, members, drained = new, new_members, new_drained & live
+            memory.add(Outline(good))
+            memory.trim(Outline(good))
         else:
             seen["refused"] += 1
     assert all(seen.values()), seen          # every kind of answer came up
@@ -218,3 +271,49 @@ def test_a_weight_that_is_not_a_number_is_left_to_keepalived_on_the_whole_file()
     old = text({0: range(2)})
     new = text({0: range(3)}).replace("weight 1", "weight x", 3)
     assert check(old, new) is new
+
+
+@pytest.mark.keepalived
+def test_blocks_checked_ahead_are_written_later_without_a_check(tmp_path):
+    import time
+    from cartridge_agent_lvs.director.topology import apply_event, prospective
+    log = str(tmp_path / "calls")
+    k = Keepalived(str(tmp_path / "keepalived.conf"),
+                   binary=logged_keepalived(tmp_path, log), timeout=60)
+    settings = load(dict(vip_map=st.vip_map([0, 1]), interface=vrrp_interface()))
+    topology = parse_topology(st.topology({0: range(3), 1: range(2)}))
+    assert k.vet(plan(settings, topology).config) == []     # no baseline yet
+    assert k.write(render(plan(settings, topology).config), recheck=False)
+    booting = apply_event(topology, "MemberInitializedEvent", st.member_event(1, 5))
+    assert plan(settings, booting).config == plan(settings, topology).config
+    ahead = plan(settings, prospective(booting)).config
+    n = len(logged_calls(log + ".checked"))
+    checks = k.vet(ahead)
+    assert len(checks) == 1
+    deadline = time.monotonic() + k.timeout + 5
+    while checks[0].poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert checks[0].ok and len(logged_calls(log)) == 2
+    assert servers("\n".join(logged_calls(log + ".checked")[n:])) == [
+        (st.member_ip(1, 5), 1)]
+    assert k.vet(ahead) == []                               # known now: nothing to check
+    active = apply_event(booting, "MemberActivatedEvent", st.member_event(1, 5))
+    assert k.write(render(plan(settings, active).config), recheck=False)
+    assert len(logged_calls(log)) == 2                      # written without a -t
+    assert not [n for n in (tmp_path).iterdir() if n.name.endswith(".conf.tmp")]
+
+
+def test_prospective_activates_booting_members_only():
+    from cartridge_agent_lvs.director.topology import apply_event, prospective
+    topology = parse_topology(st.topology({0: range(2), 1: range(2)}))
+    assert prospective(topology) is topology
+    for event, i in (("MemberCreatedEvent", 4), ("MemberInitializedEvent", 5),
+                     ("MemberStartedEvent", 6), ("MemberSuspendedEvent", 1)):
+        topology = apply_event(topology, event, st.member_event(0, i))
+    ahead = prospective(topology)
+    assert {m.member_id: m.status for m in ahead.members("svc0")} == {
+        st.member_id(0, 0): "Active", st.member_id(0, 1): "Suspended",
+        st.member_id(0, 4): "Active", st.member_id(0, 5): "Active",
+        st.member_id(0, 6): "Active"}
+    assert ahead.services["svc1"] is topology.services["svc1"]

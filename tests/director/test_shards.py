@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 
 import pytest
 
@@ -335,12 +336,23 @@ def test_running_means_every_instance_runs(lab):
 
 # -- per-event work proportional to the change -----------------------------------------
 
-def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
+def _logged_lab(tmp_path, reject: str = ""):
+    """A settled Lab whose keepalived calls are logged (and files holding *reject*
+    refused): (lab, log)."""
     log = os.path.join(str(tmp_path), "calls")
-    lab = Lab(tmp_path, keepalived_bin=logged_keepalived(tmp_path, log))
+    lab = Lab(tmp_path, keepalived_bin=logged_keepalived(tmp_path, log, reject=reject))
     try:
         lab.complete()
         lab.settle()
+    except BaseException:
+        lab.stop()
+        raise
+    return lab, log
+
+
+def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
+    lab, log = _logged_lab(tmp_path)
+    try:
         assert len(logged_calls(log)) == SHARDS + 1          # the first apply: every file
         first = len(logged_calls(log + ".checked"))
         shard = lab.shard_of(1)
@@ -348,15 +360,73 @@ def test_an_event_validates_and_writes_only_its_own_shard(tmp_path):
         assert st.member_ip(1, 2) not in lab.text(shard)
         # a member left: nothing in the new file is new to keepalived
         assert logged_calls(log)[SHARDS + 1:] == []
+        # it came back: its block is one keepalived accepted there before
         assert lab.step("MemberActivatedEvent", 1, 2) == [shard]
         assert st.member_ip(1, 2) in lab.text(shard)
+        assert logged_calls(log)[SHARDS + 1:] == []
+        # a member never seen: one keepalived -t ...
+        assert lab.step("MemberActivatedEvent", 1, 7) == [shard]
+        assert st.member_ip(1, 7) in lab.text(shard)
         calls = logged_calls(log)[SHARDS + 1:]
-        assert len(calls) == 1 and calls[0].startswith("-t -f ")   # one keepalived -t
+        assert len(calls) == 1 and calls[0].startswith("-t -f ")
         # ... of global_defs and svc1's header with the one block that came
         checked = "\n".join(logged_calls(log + ".checked")[first:])
-        assert RS_RE.findall(checked) == [(st.member_ip(1, 2), "80", "1")]
+        assert RS_RE.findall(checked) == [(st.member_ip(1, 7), "80", "1")]
         assert "global_defs {" in checked and checked.count("virtual_server ") == 1
         assert f"virtual_server {st.vip(1)} 80 {{" in checked
+    finally:
+        lab.stop()
+
+
+def _checked_ahead(lab):
+    """Tick until the director's checks ahead have answered (each is bounded by the
+    keepalived timeout, which bounds this wait too); how many ran."""
+    lab.settle(0)                              # nothing waits to be applied: they start
+    started = list(lab.director.ahead.running)
+    deadline = time.monotonic() + lab.layout.timeout + 5
+    while lab.director.ahead.running:
+        assert time.monotonic() < deadline, "the check ahead did not answer"
+        time.sleep(0.02)
+        lab.director.tick(lab.now)
+    return len(started)
+
+
+def test_a_booting_member_is_checked_ahead_and_its_activation_runs_no_check(tmp_path):
+    refused = st.member_ip(2, 9)
+    lab, log = _logged_lab(tmp_path, reject=refused)
+    try:
+        calls, first = len(logged_calls(log)), len(logged_calls(log + ".checked"))
+        before = lab.inodes()
+        # Stratos: the instance has its addresses; the member is not active yet
+        lab.director.handle(FeedUpdate("MemberInitializedEvent", st.member_event(1, 7), "t"),
+                            lab.now)
+        lab.settle()
+        assert lab.rewritten(before) == []              # nothing new is served ...
+        assert _checked_ahead(lab) == 1                 # ... but its block is checked
+        assert len(logged_calls(log)) == calls + 1
+        checked = "\n".join(logged_calls(log + ".checked")[first:])
+        assert RS_RE.findall(checked) == [(st.member_ip(1, 7), "80", "1")]
+        assert checked.count("virtual_server ") == 1
+        assert _checked_ahead(lab) == 0                 # once
+        shard = lab.shard_of(1)
+        assert lab.step("MemberActivatedEvent", 1, 7) == [shard]
+        assert st.member_ip(1, 7) in lab.text(shard)
+        assert len(logged_calls(log)) == calls + 1      # activated: no keepalived -t
+        assert lab.director.ahead.accepted == 1
+        # refused ahead: not remembered, so checked again -- and refused -- when activated
+        lab.director.handle(FeedUpdate("MemberStartedEvent", st.member_event(2, 9), "t"),
+                            lab.now)
+        lab.settle()
+        assert _checked_ahead(lab) == 1 and lab.director.ahead.refused == 1
+        before = lab.inodes()
+        lab.event("MemberActivatedEvent", 2, 9)
+        lab.settle()
+        assert lab.rewritten(before) == [] and refused not in lab.text(lab.shard_of(2))
+        assert lab.director.last_apply.outcome == service.REJECTED
+        assert len(logged_calls(log)) == calls + 3
+        assert [lab.director.registry.get_sample_value(
+            "lvs_extension_ahead_checks_total", {"result": r})
+            for r in ("accepted", "refused")] == [1, 1]
     finally:
         lab.stop()
 
@@ -401,12 +471,9 @@ def test_a_shard_file_changed_behind_its_back_is_put_right_when_forced(lab):
 
 
 def test_after_a_refused_shard_the_next_change_is_applied(tmp_path):
-    log = os.path.join(str(tmp_path), "calls")
     refused = st.member_ip(2, 7)
-    lab = Lab(tmp_path, keepalived_bin=logged_keepalived(tmp_path, log, reject=refused))
+    lab, log = _logged_lab(tmp_path, reject=refused)
     try:
-        lab.complete()
-        lab.settle()
         texts = {n: lab.text(n) for n in range(SHARDS + 1)}
         lab.event("MemberActivatedEvent", 2, 7)      # keepalived -t refuses svc2's shard
         lab.settle()
