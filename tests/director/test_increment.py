@@ -317,3 +317,36 @@ def test_prospective_activates_booting_members_only():
         st.member_id(0, 4): "Active", st.member_id(0, 5): "Active",
         st.member_id(0, 6): "Active"}
     assert ahead.services["svc1"] is topology.services["svc1"]
+
+
+def _slow_keepalived(tmp_path) -> str:
+    """A ``keepalived_bin`` that never answers in time (the check ahead must not wait
+    on it forever, nor leave it or its file behind)."""
+    path = tmp_path / "keepalived-slow"
+    path.write_text("#!/bin/sh\nexec sleep 60\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_a_check_ahead_that_does_not_answer_is_stopped_and_cleaned_up(tmp_path, how):
+    import time
+    k = Keepalived(str(tmp_path / "keepalived.conf"), binary=_slow_keepalived(tmp_path),
+                   timeout=0.5)
+    old = text({0: range(2)}, whole=True)
+    k.accepted(Outline(old))                      # as if written after a check
+    checks = k.vet_text(text({0: range(3)}, whole=True))
+    assert len(checks) == 1 and checks[0].poll() is None
+    temps = [n for n in tmp_path.iterdir() if n.name.endswith(".conf.tmp")]
+    assert len(temps) == 1
+    if how == "timeout":
+        deadline = time.monotonic() + 30
+        while checks[0].poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    else:
+        checks[0].cancel()
+    assert checks[0].ok is False and checks[0].proc.poll() is not None
+    assert not temps[0].exists()
+    assert to_check(Outline(old), Outline(text({0: range(3)}, whole=True)),
+                    k._accepted) is not None       # nothing was remembered
