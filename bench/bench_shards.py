@@ -163,15 +163,15 @@ class Observer:
         self.sock = sock if sock is not None else GenlSocket(None)
         self.ipvs = IpvsDump(self.sock)
         self._keys: dict = {}
+        self._seq = 1 << 20           #: its own sequence numbers, apart from IpvsDump's
 
     def _key(self, vip: str):
-        from cartridge_agent_lvs.director.ipvs_netlink import SERVICE_KEY
         from cartridge_agent_lvs.director.stats import service_from_attrs
         if vip not in self._keys:
             for attrs in self.ipvs.services():
                 found = service_from_attrs(attrs)
                 if found.address == vip and found.port == PORT and found.protocol == "TCP":
-                    self._keys[vip] = {k: attrs[k] for k in SERVICE_KEY if k in attrs}
+                    self._keys[vip] = attrs
         return self._keys.get(vip)
 
     def read(self, vip: str, ip: str):
@@ -183,12 +183,9 @@ class Observer:
         key = self._key(vip)
         if key is None:
             return False, None
-        ipvs = self.ipvs
-        ipvs._seq += 1
-        seq = ipvs._seq
-        self.sock.send(nl.request(ipvs.family, nl.IPVS_CMD_GET_DEST, nl.IPVS_GENL_VERSION,
-                                  seq, nl.NLM_F_DUMP, nl._attr(nl.IPVS_CMD_ATTR_SERVICE, b"".join(
-                                      nl._attr(k, v) for k, v in key.items()))))
+        self._seq += 1
+        seq = self._seq
+        self.sock.send(self.ipvs.dest_request(key, seq))
         family = socket.AF_INET6 if ":" in vip else socket.AF_INET
         packed = socket.inet_pton(family, ip)
         needles = [struct.pack("=HH", 4 + 16, DEST_ADDR) + packed.ljust(16, b"\0"),

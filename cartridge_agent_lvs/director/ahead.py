@@ -45,8 +45,6 @@ class AheadChecks:
         self.running: List = []
         self.due = False
         self._poll_at: Optional[float] = None
-        self.accepted = 0       #: checks keepalived passed
-        self.refused = 0        #: and refused
 
     def note(self, event_name: str, complete: bool) -> None:
         """A topology update was folded: may it have left members booting?"""
@@ -68,15 +66,11 @@ class AheadChecks:
                 if ok is None:
                     still.append(check)
                 else:
-                    if ok:
-                        self.accepted += 1
-                    else:
-                        self.refused += 1
                     self._counted(ok)
             self.running = still
             self._poll_at = now + POLL if still else None
             return
-        if not self.due or topology is None or not hasattr(keepalived, "vet"):
+        if not self.due or topology is None:
             return
         self.due = False
         ahead = prospective(topology)

@@ -146,10 +146,13 @@ class IpvsDump:
     def dest_messages(self, service: Attrs) -> List[bytes]:
         """The undecoded answer, one message per destination of *service* (a caller
         looking for one destination decodes only that one: :func:`dest_attributes`)."""
+        return self._exchange(lambda seq: self.dest_request(service, seq))
+
+    def dest_request(self, service: Attrs, seq: int) -> bytes:
+        """The request for the destinations of *service* (its key attributes suffice)."""
         key = b"".join(_attr(kind, service[kind]) for kind in SERVICE_KEY if kind in service)
-        return self._exchange(lambda seq: request(
-            self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION, seq, NLM_F_DUMP,
-            _attr(IPVS_CMD_ATTR_SERVICE, key)))
+        return request(self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION, seq, NLM_F_DUMP,
+                       _attr(IPVS_CMD_ATTR_SERVICE, key))
 
 
 def dest_attributes(message: bytes) -> Attrs:

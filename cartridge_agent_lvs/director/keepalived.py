@@ -76,6 +76,13 @@ class ValidationError(LvsError):
         super().__init__(f"keepalived -t failed (exit {returncode}): {detail}")
 
 
+def refused(returncode: int, output: str) -> Optional[ValidationError]:
+    """keepalived 2.2.7's ``-t`` verdict: it exits 0 only for a clean file and prints
+    one line per problem, so any output is a problem too; None when it accepted."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return ValidationError(lines, returncode) if returncode != 0 or lines else None
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     changed: bool     #: the live file was replaced
@@ -123,14 +130,18 @@ class Keepalived:
 
     def check_file(self, path: str) -> None:
         """``keepalived -t -f PATH``; ValidationError unless exit 0 with no output."""
-        proc = run_checker([self.binary, "-t", "-f", path], self.timeout,
+        proc = run_checker(self.test_argv(path), self.timeout,
                            f"keepalived binary {self.binary!r} not found (install "
                            "keepalived or set keepalived_bin)")
         if proc is None:
             raise ValidationError([f"no answer within {self.timeout:g} s"])
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        if proc.returncode != 0 or lines:
-            raise ValidationError(lines, proc.returncode)
+        refusal = refused(proc.returncode, proc.stderr + proc.stdout)
+        if refusal is not None:
+            raise refusal
+
+    def test_argv(self, path: str) -> List[str]:
+        """``keepalived -t -f PATH``: check a file, as :meth:`check_file` does."""
+        return [self.binary, "-t", "-f", path]
 
     def validate(self, text: str) -> None:
         """Validate *text* in a temporary file beside the target; nothing else changes."""
@@ -158,6 +169,10 @@ class Keepalived:
         self._validated = checked
         self._accepted.add(checked)
         self._accepted.trim(checked)
+
+    def remember(self, checked: Outline) -> None:
+        """keepalived accepted the blocks of *checked* (a check ahead of time)."""
+        self._accepted.add(checked)
 
     def vet(self, config) -> List["Vetting"]:
         """Have keepalived check ahead of time, in the background, the real-server
@@ -396,8 +411,7 @@ class Vetting:
         try:
             path = self._stack.enter_context(owner._temp(text))
             self._output = self._stack.enter_context(tempfile.TemporaryFile())
-            self.proc = subprocess.Popen([owner.binary, "-t", "-f", path],
-                                         stdin=subprocess.DEVNULL, stdout=self._output,
+            self.proc = subprocess.Popen(owner.test_argv(path), stdin=subprocess.DEVNULL, stdout=self._output,
                                          stderr=subprocess.STDOUT)
         except (OSError, HostError) as exc:
             self._stack.close()
@@ -416,15 +430,14 @@ class Vetting:
             self.proc.kill()
             code = self.proc.wait()
         self._output.seek(0)
-        output = self._output.read().decode("utf-8", "replace").strip()
+        refusal = refused(code, self._output.read().decode("utf-8", "replace"))
         self._stack.close()
-        self.ok = code == 0 and not output
+        self.ok = refusal is None
         if self.ok:
-            self.owner._accepted.add(self.outline)
+            self.owner.remember(self.outline)
         else:
-            log.info("%s: keepalived -t refused blocks checked ahead of time (they are "
-                     "checked again when applied): %s", self.owner.conf_path,
-                     "; ".join(output.splitlines()[:3]) or f"exit {code}")
+            log.info("%s: blocks checked ahead of time were refused (they are checked "
+                     "again when applied): %s", self.owner.conf_path, refusal)
         return self.ok
 
     def cancel(self) -> None:

@@ -243,7 +243,6 @@ class Director:
                                       settings.allow_mass_removal)
         self.drain = Drain(settings.drain_seconds)
         self.plans = PlanCache(settings)
-        #: keepalived checks of booting members' real servers, ahead of their activation
         self.problems = ProblemLog(log)
         self._warned: frozenset = frozenset()
         self._applied_text: Optional[str] = None    #: last text written (or in place)
