@@ -24,6 +24,15 @@ each clock when IPVS itself (generic netlink, read by this process) shows the ch
   leaves the host) at the moment another service's member event is applied; the
   time until keepalived's health check removes it from IPVS.
 
+The director runs with the product's defaults, so ``ipvs_first`` is on: it writes
+each member's change into IPVS itself once the file is validated and written, then
+signals keepalived (:mod:`~cartridge_agent_lvs.director.kernel_first`).  So each
+member event is timed twice: until IPVS shows it (what clients see), and until
+keepalived's own reload has reached it (:class:`Confirmations`, from keepalived's
+log lines in the guest's syslog sink; the next event waits for that too).
+``--keepalived-alone`` turns ``ipvs_first`` off: IPVS then changes only when
+keepalived's reload does.
+
 The observer is kept light: after a member event IPVS is read only once the loop has
 sent its SIGHUP, and only the virtual service concerned (the service list, then its
 real servers -- not the whole table, whose decoding in Python costs seconds at 10,000
@@ -43,7 +52,7 @@ namespace (the host's IPVS is never touched) and runs ``--inner`` in it.
 
 Usage: .venv/bin/python bench/bench_shards.py [--sizes 1000,4000,10000] [--events 20]
        [--single-events-at-10000 5] [--shards 10] [--layouts single,sharded]
-       [--here] [--json FILE]
+       [--keepalived-alone] [--here] [--json FILE]
 """
 
 from __future__ import annotations
@@ -236,6 +245,46 @@ def _running_in(groups) -> list:
     return out
 
 
+class Confirmations:
+    """When keepalived's own reload reached a real server, from the guest's syslog
+    (:func:`syslog_sink`): with ``ipvs_first`` the director has already written the
+    change into IPVS, and keepalived 2.2.7 logs finding it done -- "service [IP]:..
+    no longer exist" for a real server gone from its file, "Destination already
+    exists (... -> IP:PORT)" for one new in it.  A weight change (drain) it makes
+    silently: not timed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.lines: list = []
+
+    def _read(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        self.lines += data[:end].splitlines()
+
+    def wait(self, since: float, ip: str, gone: bool, timeout: float) -> float:
+        """Seconds from *since* to keepalived's line about *ip*."""
+        mark, name = ((b"no longer exist", f"[{ip}]:".encode()) if gone else
+                      (b"already exists", f"-> {ip}:".encode()))
+        deadline = time.monotonic() + timeout
+        while True:
+            self._read()
+            for i, line in enumerate(self.lines):
+                if mark in line and name in line:
+                    at = float(line.split(b" ", 1)[0])
+                    if at >= since:
+                        del self.lines[:i + 1]
+                        return at - since
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"keepalived did not log reaching {ip} within "
+                                   f"{timeout:g} s")
+            time.sleep(0.05)
+
+
 class Run:
     """One size and one layout: keepalived instance(s), the Director, the events."""
 
@@ -253,6 +302,7 @@ class Run:
             keepalived_shards=shards, quiet_period=args.quiet, max_delay=5,
             drain_seconds=drain, delay_loop=30, connect_timeout=3, retry=1,
             mass_removal_threshold=1, forwarding_method="DR", scheduler="rr",
+            ipvs_first=not getattr(args, "keepalived_alone", False),
             health_check="TCP_CHECK", advert_int=1,
             service_overrides={f"svc{PROBE}": dict(delay_loop=1, connect_timeout=1,
                                                    retry=0)}))
@@ -261,6 +311,10 @@ class Run:
         self.inactive = {s: set() for s in range(SCALE_SERVICES + 1)}
         self.procs = []
         self.observer = None
+        log = os.path.join(os.path.dirname(os.path.abspath(args.json or ".")), "syslog.log")
+        #: keepalived's own reload reaching each change (None: no syslog sink here)
+        self.confirmations = Confirmations(log) if args.json and os.path.exists(log) else None
+        self.confirmed = None       #: seconds, for the last event (None: not timed)
 
     def doc(self) -> dict:
         members = {s: [i for i in range(self.per) if i not in self.inactive[s]]
@@ -346,8 +400,17 @@ class Run:
             return there and (weight is None) == gone
         t0 = time.monotonic()
         self.director.handle(FeedUpdate(name, self.st.member_event(s, i), "bench"), t0)
-        return self.pump(shown, 900, f"{name} svc{s} member {i}", t0, dest=(vip, ip),
-                         after_reload=True)
+        seconds = self.pump(shown, 900, f"{name} svc{s} member {i}", t0, dest=(vip, ip),
+                            after_reload=True)
+        self.confirm(t0, ip, gone, timed=not drain)
+        return seconds
+
+    def confirm(self, t0: float, ip: str, gone: bool, timed: bool = True) -> None:
+        """:attr:`confirmed`: until keepalived's reload reached *ip* (when it says so)
+        -- the next event waits for it, as it waited for IPVS before ipvs_first."""
+        self.confirmed = None
+        if self.confirmations is not None and timed and self.settings.ipvs_first:
+            self.confirmed = self.confirmations.wait(t0, ip, gone, 900)
 
     def new_member(self, s: int, i: int) -> tuple:
         """A member never seen before, as Stratos brings one: MemberInitializedEvent
@@ -373,9 +436,11 @@ class Run:
         t1 = time.monotonic()
         self.director.handle(FeedUpdate("MemberActivatedEvent", self.st.member_event(s, i),
                                         "bench"), t1)
-        return idle, self.pump(lambda r: r[0] and r[1] is not None, 900,
-                               f"MemberActivatedEvent svc{s} new member {i}", t1,
-                               dest=(vip, ip), after_reload=True)
+        seconds = self.pump(lambda r: r[0] and r[1] is not None, 900,
+                            f"MemberActivatedEvent svc{s} new member {i}", t1,
+                            dest=(vip, ip), after_reload=True)
+        self.confirm(t1, ip, gone=False)
+        return idle, seconds
 
     def probe(self, s: int, i: int) -> dict:
         """Kill a probe real server while member i of service s changes."""
@@ -426,14 +491,16 @@ def one(args, size: int, shards: int, events: int, new_events: int) -> dict:
     out = {"size": size, "shards": shards}
     try:
         out["start_seconds"] = round(run.start(), 3)
-        times, signalled, kinds = [], [], []
+        times, signalled, kinds, confirmed = [], [], [], []
         for k in range(events):
             s, i = 1 + (k // 2) % (SCALE_SERVICES - 1), (k // 2) % run.per
             kinds.append("came" if i in run.inactive[s] else "left")
             times.append(run.event(s, i))
             signalled.append(run.signalled)
+            confirmed.append(run.confirmed)
             print(f"  {size} shards={shards} event {k + 1}/{events} ({kinds[-1]}): "
-                  f"{times[-1]:.3f} s (SIGHUP sent after {run.signalled} s)", flush=True)
+                  f"{times[-1]:.3f} s (SIGHUP sent after {run.signalled} s; keepalived "
+                  f"confirmed after {run.confirmed} s)", flush=True)
         idle = []
         for k in range(new_events):          # members never seen, on services 1..9
             s = 1 + k % (SCALE_SERVICES - 1)
@@ -441,6 +508,7 @@ def one(args, size: int, shards: int, events: int, new_events: int) -> dict:
             idle.append(took)
             times.append(seconds)
             signalled.append(run.signalled)
+            confirmed.append(run.confirmed)
             kinds.append("new")
             print(f"  {size} shards={shards} new member {k + 1}/{new_events}: "
                   f"{seconds:.3f} s (SIGHUP sent after {run.signalled} s; the loop was "
@@ -451,6 +519,8 @@ def one(args, size: int, shards: int, events: int, new_events: int) -> dict:
         for kind in ("left", "came", "new"):
             out[kind] = summary([t for t, k in zip(times, kinds) if k == kind])
         out["to_sighup"] = summary([t for t in signalled if t is not None])
+        out["confirmed"] = summary([t for t in confirmed if t is not None])
+        out["ipvs_first"] = run.settings.ipvs_first
         out["idle_after_initialized"] = summary(idle)
         out["event_seconds"] = [round(t, 3) for t in times]
         out["event_kinds"] = kinds
@@ -557,12 +627,15 @@ def syslog_sink(path: str) -> None:
     one, keepalived's syslog(3) calls fail and -- with ``-l``, which the lab's
     command lines carry -- glibc writes every message to ``/dev/console`` instead: in
     the guest an emulated serial line, about 40,000 lines per run ("Activating
-    healthchecker ..." for each of a shard's checkers at every reload)."""
+    healthchecker ..." for each of a shard's checkers at every reload).  Each line
+    starts with the monotonic time it arrived: :class:`Confirmations` reads when
+    keepalived's reload reached a real server."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(SYSLOG)
-    with open(path, "ab", buffering=1 << 16) as out:
+    with open(path, "ab", buffering=0) as out:
         while True:
-            out.write(sock.recv(8192) + b"\n")
+            data = sock.recv(8192)          # stamped on receipt: CLOCK_MONOTONIC
+            out.write(b"%.6f " % time.monotonic() + data + b"\n")
 
 
 def here(args) -> dict:
@@ -597,7 +670,8 @@ def _common(args) -> list:
             "--single-events-at-10000", str(args.single_events_at_10000),
             "--shards", str(args.shards), "--quiet", str(args.quiet),
             "--drain-events", str(args.drain_events), "--new-events", str(args.new_events),
-            "--layouts", ",".join(args.layouts)]
+            "--layouts", ",".join(args.layouts)] + (
+                ["--keepalived-alone"] if args.keepalived_alone else [])
 
 
 def in_vm(args) -> dict:
@@ -625,11 +699,12 @@ def report(r: dict) -> str:
         rows.setdefault(run["size"], {})[run["shards"]] = run
     lines = ["event -> kernel converged (s), member suspended/activated alternately; "
              "probe = dead real server's health-check removal while another service "
-             "changes", ""]
+             "changes; keepalived = event -> keepalived's own reload reached the change "
+             "(ipvs_first: the director wrote it into IPVS first)", ""]
     head = (f"{'real servers':>12}  {'layout':<22}{'start':>7}  {'events':>6} "
             f"{'median':>7} {'p99':>7} {'max':>7}  {'to SIGHUP med/p99':>18}  "
             f"{'drain med/p99':>14}  {'probe':>7}  {'left med/p99':>13}  {'came med/p99':>13}  "
-            f"{'new med/p99':>13}")
+            f"{'new med/p99':>13}  {'keepalived med/p99':>18}")
     lines.append(head)
     for size in sorted(rows):
         for shards, run in sorted(rows[size].items()):
@@ -642,7 +717,8 @@ def report(r: dict) -> str:
                          f"{drain:>14}  "
                          f"{run.get('probe', {}).get('removed_after', '-'):>7}  "
                          + "  ".join(f"{_pair(run.get(k)):>13}" for k in ("left", "came",
-                                                                          "new")))
+                                                                          "new"))
+                         + f"  {_pair(run.get('confirmed')):>18}")
     return "\n".join(lines)
 
 
@@ -669,6 +745,8 @@ def main() -> int:
     parser.add_argument("--drain-events", type=int, default=6)
     parser.add_argument("--new-events", type=int, default=10,
                         help="members never seen: initialized, then activated")
+    parser.add_argument("--keepalived-alone", action="store_true",
+                        help="ipvs_first off: keepalived's reload alone changes IPVS")
     parser.add_argument("--here", action="store_true")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--listen", action="store_true", help=argparse.SUPPRESS)

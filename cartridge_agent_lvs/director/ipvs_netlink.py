@@ -25,15 +25,24 @@ from ..realserver.rtnl import _NLMSGHDR, _attr, _messages
 
 NETLINK_GENERIC = 16
 GENL_ID_CTRL, CTRL_CMD_GETFAMILY, CTRL_ATTR_FAMILY_ID, CTRL_ATTR_FAMILY_NAME = 16, 3, 1, 2
-NLM_F_REQUEST, NLM_F_MULTI, NLM_F_DUMP = 0x1, 0x2, 0x300
+NLM_F_REQUEST, NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x2, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLA_TYPE_MASK = 0x3FFF          #: without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 IPVS_GENL_NAME, IPVS_GENL_VERSION = b"IPVS", 1
-IPVS_CMD_GET_SERVICE, IPVS_CMD_GET_DEST = 4, 8
+IPVS_CMD_GET_SERVICE, IPVS_CMD_NEW_DEST, IPVS_CMD_SET_DEST, IPVS_CMD_DEL_DEST, \
+    IPVS_CMD_GET_DEST = 4, 5, 6, 7, 8
 IPVS_CMD_ATTR_SERVICE, IPVS_CMD_ATTR_DEST = 1, 2
 #: the service attributes that name a service in a request (af, protocol, addr, port,
 #: fwmark): IPVS_SVC_ATTR_*
 SERVICE_KEY = (1, 2, 3, 4, 5)
+SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT = 1, 2, 3, 4
+DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH = \
+    1, 2, 3, 4, 5, 6
+DEST_ADDR_FAMILY = 11
+#: IPPROTO_* of the protocols a virtual server may have
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+#: IP_VS_CONN_F_* of the forwarding methods (MASQ is NAT)
+FORWARDING = {"NAT": 0, "TUN": 2, "DR": 3}
 
 _GENLMSGHDR = struct.Struct("=BBH")   # cmd, version, reserved
 _NLATTR = struct.Struct("=HH")        # len, type
@@ -148,11 +157,47 @@ class IpvsDump:
         looking for one destination decodes only that one: :func:`dest_attributes`)."""
         return self._exchange(lambda seq: self.dest_request(service, seq))
 
+    def command(self, cmd: int, attrs: bytes) -> None:
+        """One IPVS command (*attrs* already encoded), acknowledged; ``OSError`` with
+        the kernel's errno when it refuses (EEXIST, ENOENT, ESRCH ...)."""
+        self._exchange(lambda seq: request(self.family, cmd, IPVS_GENL_VERSION, seq,
+                                           NLM_F_ACK, attrs))
+
     def dest_request(self, service: Attrs, seq: int) -> bytes:
         """The request for the destinations of *service* (its key attributes suffice)."""
         key = b"".join(_attr(kind, service[kind]) for kind in SERVICE_KEY if kind in service)
         return request(self.family, IPVS_CMD_GET_DEST, IPVS_GENL_VERSION, seq, NLM_F_DUMP,
                        _attr(IPVS_CMD_ATTR_SERVICE, key))
+
+
+def _address(text: str) -> Tuple[int, bytes]:
+    """(address family, the 16 bytes of ``union nf_inet_addr``) of an IP address."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    return family, socket.inet_pton(family, text).ljust(16, b"\0")
+
+
+def service_key(vip: str, port: int, protocol: str) -> bytes:
+    """``IPVS_CMD_ATTR_SERVICE`` naming the virtual server VIP:PORT/PROTOCOL."""
+    family, addr = _address(vip)
+    return _attr(IPVS_CMD_ATTR_SERVICE, b"".join((
+        _attr(SVC_AF, struct.pack("=H", family)),
+        _attr(SVC_PROTOCOL, struct.pack("=H", PROTOCOLS[protocol])),
+        _attr(SVC_ADDR, addr), _attr(SVC_PORT, struct.pack("!H", port)))))
+
+
+def dest(ip: str, port: int, method: Optional[str] = None,
+         weight: Optional[int] = None) -> bytes:
+    """``IPVS_CMD_ATTR_DEST``: the real server IP:PORT; with *method* and *weight* the
+    full entry a new or changed destination needs (thresholds 0: none, as rendered)."""
+    family, addr = _address(ip)
+    parts = [_attr(DEST_ADDR, addr), _attr(DEST_PORT, struct.pack("!H", port)),
+             _attr(DEST_ADDR_FAMILY, struct.pack("=H", family))]
+    if method is not None:
+        parts += [_attr(DEST_FWD_METHOD, struct.pack("=I", FORWARDING[method])),
+                  _attr(DEST_WEIGHT, struct.pack("=I", weight or 0)),
+                  _attr(DEST_U_THRESH, struct.pack("=I", 0)),
+                  _attr(DEST_L_THRESH, struct.pack("=I", 0))]
+    return _attr(IPVS_CMD_ATTR_DEST, b"".join(parts))
 
 
 def dest_attributes(message: bytes) -> Attrs:

@@ -83,6 +83,14 @@ class LoopMetrics:
             "before their activation, by result (accepted, refused)", ("result",))
         for result in ("accepted", "refused"):
             self.ahead_checks.labels(result)        # exported from the start, at 0
+        self.ipvs_first = counter(
+            "ipvs_first_writes", "real-server changes the director wrote into IPVS "
+            "ahead of keepalived's reload (ipvs_first), by operation (add, remove, "
+            "weight) and result (applied; already: IPVS had it, or a health check holds "
+            "the real server out; failed: left to the reload)", ("op", "result"))
+        for op in ("add", "remove", "weight"):
+            for result in ("applied", "already", "failed"):
+                self.ipvs_first.labels(op, result)      # exported from the start, at 0
         self.mass_removal_held = gauge(
             "mass_removal_held", "1 while a mass removal is held back")
         self.draining = gauge("real_servers_draining",

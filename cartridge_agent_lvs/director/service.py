@@ -60,6 +60,7 @@ from .drain import Drain
 from .feeds import Backoff, Feed, FeedUpdate
 from .guard import MassRemovalGuard
 from .keepalived import Keepalived, ValidationError
+from .kernel_first import KernelFirst, changes
 from .metrics import KernelCollector, LoopMetrics, MetricsServer
 from .model import LvsConfig
 from .plan import MemberMemo, Plan, ServicePlan, combine, plan_service, vrrp_of
@@ -259,6 +260,11 @@ class Director:
         self.ahead = AheadChecks(PlanCache(settings).plan, lambda ok: (
             self.metrics.ahead_checks.labels("accepted" if ok else "refused").inc()))
         self.read_kernel = read_kernel or read_ipvs
+        #: ipvs_first: a member's change written into IPVS before keepalived reloads
+        self.kernel_first: Optional[KernelFirst] = None
+        if getattr(settings, "ipvs_first", False):
+            self.kernel_first = KernelFirst(count=lambda op, result: (
+                self.metrics.ipvs_first.labels(op, result).inc()))
         self.watcher = ConvergenceWatcher(self.read_kernel, self.metrics, clock)
         #: what keepalived was given last (the live file's content at start)
         self.served: Optional[LvsConfig] = None
@@ -528,6 +534,8 @@ class Director:
                     cause = older if cause is None else min(cause, older)
             self._verify = (config, previous, cause)
         if changed:                     # a new file: reload now, backoff starts over
+            if self.kernel_first is not None:
+                self.kernel_first.apply(changes(previous, config))
             self._reload_pending = True
             self._reload_at = None
             self.reload_backoff.reset()

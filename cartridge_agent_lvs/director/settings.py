@@ -555,6 +555,11 @@ OPTIONS: Tuple[Option, ...] = (
            "0: one keepalived.conf; N: keepalived_conf holds only VRRP (keepalived -P) and "
            "the virtual servers go to N files keepalived.shard-NN.conf, each run by its "
            "own keepalived -C and reloaded only when it changed", _G_KA, "N"),
+    Option("ipvs_first", boolean, True,
+           "write a member's real-server change (added, removed, weight) into IPVS over "
+           "netlink once its file is validated and written, then reload keepalived, "
+           "which finds it done: the kernel does not wait for keepalived to re-read "
+           "its file", _G_KA),
     Option("reload_command", optional(command), None,
            "command that reloads keepalived instead of the SIGHUP, e.g. "
            "'systemctl reload keepalived' (run without a shell)", _G_KA, "COMMAND",

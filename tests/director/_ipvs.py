@@ -58,7 +58,9 @@ def dest(addr, port, af=2, weight=1, active=0, inactive=0, fwd=3, **counters):
 
 
 FAMILY = 0x1D                      #: the IPVS family id this fake kernel hands out
-NLM_F_MULTI, NLM_F_DUMP = 0x2, 0x300
+NLM_F_MULTI, NLM_F_ACK, NLM_F_DUMP = 0x2, 0x4, 0x300
+#: IPVS_CMD_NEW_DEST, SET_DEST, DEL_DEST
+NEW_DEST, SET_DEST, DEL_DEST = WRITES = (5, 6, 7)
 _HEADER = struct.Struct("=IHHII")
 
 
@@ -86,13 +88,16 @@ class FakeGenl:
     pyroute2 and answers with pyroute2-encoded messages (the wire format).
 
     *table*: ``[(service message, [dest messages])]``; *missing*: no IPVS family;
-    *split*: one datagram per message (as the kernel does for a large dump).
+    *split*: one datagram per message (as the kernel does for a large dump); *write*:
+    answers NEW_DEST / SET_DEST / DEL_DEST requests.
     """
 
-    def __init__(self, table, missing: bool = False, split: bool = False):
+    def __init__(self, table, missing: bool = False, split: bool = False, write=None):
         self.table = table
         self.missing = missing
         self.split = split
+        #: answers a write request (decoded): 0 or -errno (None: EOPNOTSUPP)
+        self.write = write
         self.requests = []
         self.answers = []
         self.closed = False
@@ -118,6 +123,11 @@ class FakeGenl:
         msg = ipvsmsg(data)
         msg.decode()
         self.requests.append(msg)
+        if msg["cmd"] in WRITES:
+            assert msg["header"]["flags"] & NLM_F_ACK
+            code = self.write(msg) if self.write else -errno.EOPNOTSUPP
+            self.answers.append(_done(seq, 2, code))
+            return
         assert msg["header"]["flags"] & NLM_F_DUMP == NLM_F_DUMP
         if msg["cmd"] == 4:                                  # IPVS_CMD_GET_SERVICE
             parts = [_wire(s, "service", seq) for s, _ in self.table]
@@ -162,6 +172,8 @@ class Kernel:
         self.broken = False
         self.reads = 0
         self.last: Optional[FakeGenl] = None    #: the last read's socket (its requests)
+        #: (cmd, vip, port, real server, port, weight, method) of each write, in order
+        self.writes = []
         self._lock = threading.Lock()
 
     def apply(self, config: LvsConfig, absent: Iterable[Tuple[str, int]] = (),
@@ -186,6 +198,44 @@ class Kernel:
     def clear(self) -> None:
         with self._lock:
             self.table = []
+
+    def genl(self) -> FakeGenl:
+        """A socket onto this table that also takes destination writes."""
+        with self._lock:
+            broken = self.broken
+        self.last = FakeGenl(self.table, broken, write=self._write)
+        return self.last
+
+    def _write(self, msg) -> int:
+        """Apply one decoded NEW/SET/DEL_DEST as the kernel would: 0 or -errno."""
+        key = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+        d = msg.get_attr("IPVS_CMD_ATTR_DEST")
+        addr, port = d.get_attr("IPVS_DEST_ATTR_ADDR"), d.get_attr("IPVS_DEST_ATTR_PORT")
+        with self._lock:
+            self.writes.append((msg["cmd"], key.get_attr("IPVS_SVC_ATTR_ADDR"),
+                                key.get_attr("IPVS_SVC_ATTR_PORT"), addr, port,
+                                d.get_attr("IPVS_DEST_ATTR_WEIGHT"),
+                                d.get_attr("IPVS_DEST_ATTR_FWD_METHOD")))
+            for i, (service, dests) in enumerate(self.table):
+                if (service.get(("service", "addr")), service.get(("service", "port")),
+                        service.get(("service", "protocol"))) != (
+                        key.get_attr("IPVS_SVC_ATTR_ADDR"), key.get_attr("IPVS_SVC_ATTR_PORT"),
+                        key.get_attr("IPVS_SVC_ATTR_PROTOCOL")):
+                    continue
+                rest = [m for m in dests
+                        if (m.get(("dest", "addr")), m.get(("dest", "port"))) != (addr, port)]
+                there = len(rest) < len(dests)
+                if msg["cmd"] == NEW_DEST and there:
+                    return -errno.EEXIST
+                if msg["cmd"] != NEW_DEST and not there:
+                    return -errno.ENOENT
+                if msg["cmd"] != DEL_DEST:
+                    rest.append(dest(addr, port, _af(addr),
+                                     weight=d.get_attr("IPVS_DEST_ATTR_WEIGHT"),
+                                     fwd=d.get_attr("IPVS_DEST_ATTR_FWD_METHOD")))
+                self.table = self.table[:i] + [(service, rest)] + self.table[i + 1:]
+                return 0
+            return -errno.ESRCH
 
     def read(self, dests_of=None):
         with self._lock:

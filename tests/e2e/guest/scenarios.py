@@ -586,6 +586,7 @@ class Suite(EcmpScenarios):
         resurrected = [d for d in DIRECTORS if rip(name) in self.dests(d)]
         s.note(f"right after the reload with {name} down, {name} in IPVS on: {resurrected}")
         s.check(not resurrected, f"the reload put the dead {name} back into IPVS on {resurrected}")
+        self.written_ahead_still_checked(s, name)
         self.start_http(name)
         self.wait_listening(name)              # a Python start: seconds, more under load
         listening = time.monotonic()
@@ -596,6 +597,43 @@ class Suite(EcmpScenarios):
         seen = self.requests(12)
         s.note(f"client after the HTTP server is back: {dict(seen)}")
         s.check(set(seen) == set(REAL_SERVERS), f"answers came from {dict(seen)}")
+
+    def director_has(self, director: str, ip: str) -> bool:
+        """Whether the director's keepalived file(s) name real server *ip*."""
+        return any(f"real_server {ip} " in f.read_text()
+                   for f in layout.conf_files(self.workdir / director, self.shards))
+
+    def written_ahead_still_checked(self, s: Scenario, name: str) -> None:
+        """ipvs_first: the member of a dead server leaves the topology and comes back.
+        Each director writes it into IPVS itself, ahead of keepalived's reload, which
+        finds it there ("already exists": done, for keepalived 2.2.7) -- and the health
+        check keepalived starts for it still takes the dead server out."""
+        def added_ahead(d):
+            return metric(self.scrape(d), "ipvs_first_writes_total", op="add",
+                          result="applied") or 0
+        ahead = {d: added_ahead(d) for d in DIRECTORS}
+        found = {d: self.log_text(f"{d}-keepalived.log").count("already exists") for d in DIRECTORS}
+        self.set_member(name, "Suspended")
+        L.wait_for(lambda: all(not self.director_has(d, rip(name)) for d in DIRECTORS),
+                   pace.scaled(DRAIN_SECONDS + 15), 0.1, f"{name} leaves both directors' file")
+        self.set_member(name, "Active")
+        back = time.monotonic()
+        seen = self.wait_per_director(lambda d: rip(name) in self.dests(d), 15,
+                                      f"{name} (its server dead) added to IPVS", since=back)
+        gone = self.wait_per_director(lambda d: rip(name) not in self.dests(d),
+                                      DELAY_LOOP + 2 * CONNECT_TIMEOUT + 10,
+                                      f"the dead {name} taken out again by its check", since=back)
+        s.measure("dead_member_readded_seconds_per_director", seen)
+        s.measure("dead_member_checked_out_seconds_per_director", gone)
+        grown = {d: added_ahead(d) - ahead[d] for d in DIRECTORS}
+        s.measure("ipvs_first_adds", grown)
+        s.check(all(n >= 1 for n in grown.values()),
+                f"the directors did not write {name} into IPVS ahead of keepalived: {grown}")
+        told = {d: self.log_text(f"{d}-keepalived.log").count("already exists") - found[d]
+                for d in DIRECTORS}
+        s.note(f"keepalived found the destination already there: {told}")
+        s.check(all(n >= 1 for n in told.values()),
+                f"keepalived's reload did not find {name} already in IPVS: {told}")
 
     def wait_per_director(self, reached, timeout: float, what: str, since: float) -> dict:
         """Poll ``reached(director)`` for every director; seconds from ``since`` at which
