@@ -14,11 +14,10 @@ earlier file.
   and, in one file, the VRRP part), the same virtual servers with the same headers in
   the same order, each still with a real server, and every real-server block one that
   stood in the same virtual server of *validated* (members left; nothing came);
-* else, when only real-server blocks are new (members came, or a weight changed: a
-  drain), a smaller file: the same opening part, and each virtual server that gained
-  blocks with its own header and only its new blocks -- the context keepalived checks
-  a real server in (the virtual server's address family, port, mode) is there,
-  unchanged;
+* else, when only real-server blocks are new (members came), a smaller file: the
+  same opening part, and each virtual server that gained blocks with its own header
+  and only its new blocks -- the context keepalived checks a real server in (the
+  virtual server's address family, port, mode) is there, unchanged;
 * else (a virtual server came, went or changed its header, the opening part changed,
   a virtual server was left without real servers, a real server appears twice, or
   there is no *validated* file): the whole new file.
@@ -27,9 +26,13 @@ keepalived 2.2.7 checks a real-server block against its own virtual server and
 ``global_defs``; across the blocks of one virtual server it checks only that there is
 one ("has no real servers - ignoring") and the quorum (1 unless set) against the sum of
 their weights (``validate_check_config``).  The first sends the whole file to
-keepalived; for the second, new blocks of weight 0 (a drain) are checked beside
-enough accepted blocks of weight > 0 that the sum meets the quorum as the whole
-virtual server's does.  So every line of a file that is written has been accepted by
+keepalived; for the second, new blocks are checked beside enough accepted blocks of
+weight > 0 that the sum meets the quorum as the whole virtual server's does, and a
+virtual server with nothing new has its sum compared with the quorum here (short of
+it: the whole file).  Of a block's ``weight`` keepalived checks only that it is
+within 0 to 2^31 - 1 (``rs_weight_handler``), so a block that differs from an
+accepted one only by a weight in that range is not new (:func:`shape`): a drain, or
+a member back from one, brings nothing to check.  So every line of a file that is written has been accepted by
 the real keepalived, in the virtual server it stands in, now or when an earlier file
 was checked.  The caller keeps *validated* only for a file it had checked and wrote
 itself (never one it found in place), and checks in full when told to recheck.
@@ -57,6 +60,22 @@ _RS = "\n    real_server "
 _RS_END = "\n    }\n"
 _WEIGHT = "\n        weight "
 _QUORUM = "\n    quorum "
+#: keepalived 2.2.7's IPVS_WEIGHT_LIMIT (INT32_MAX): a real server's weight range
+WEIGHT_LIMIT = 2 ** 31 - 1
+
+
+def shape(block: str) -> str:
+    """*block* without its weight's value when that is a weight keepalived accepts
+    (what a weight-only change keeps); else *block* itself."""
+    at = block.find(_WEIGHT)
+    if at < 0:
+        return block
+    start = at + len(_WEIGHT)
+    end = block.find("\n", start)
+    value = block[start:end]
+    if not (value.isdigit() and value.isascii() and int(value) <= WEIGHT_LIMIT):
+        return block
+    return block[:start] + block[end:]
 
 
 class Outline:
@@ -115,7 +134,8 @@ class Accepted:
         self._blocks: Dict[str, Set[str]] = {}
 
     def known(self, prelude: str, head: str) -> Set[str]:
-        """Blocks accepted under *prelude* in the virtual server headed *head*."""
+        """Blocks accepted under *prelude* in the virtual server headed *head*, each
+        by its :func:`shape`."""
         if prelude != self.prelude:
             return set()
         return self._blocks.get(head, set())
@@ -127,7 +147,7 @@ class Accepted:
         if outline.prelude != self.prelude:
             self.prelude, self._blocks = outline.prelude, {}
         for head, blocks in zip(outline.heads, outline.servers):
-            self._blocks.setdefault(head, set()).update(blocks)
+            self._blocks.setdefault(head, set()).update(map(shape, blocks))
 
     def trim(self, live: Outline) -> None:
         """Forget the virtual servers *live* (the file in place) no longer has, and
@@ -139,7 +159,7 @@ class Accepted:
         for head, blocks in zip(live.heads, live.servers):
             known = self._blocks.get(head, set())
             kept[head] = known if len(known) <= 2 * len(blocks) + self.SLACK \
-                else set(blocks)
+                else set(map(shape, blocks))
         self._blocks = kept
 
     def __len__(self) -> int:
@@ -161,9 +181,10 @@ def to_check(validated: Optional[Outline], new: Outline,
             continue
         if len({b[:b.index("{")] for b in after}) != len(after):
             return new.text                 # a real server twice
-        known = set(before)
+        known = set(map(shape, before))
         more = accepted.known(new.prelude, new.heads[vs]) if accepted is not None else ()
-        came = [i for i, b in enumerate(after) if b not in known and b not in more]
+        came = [i for i, b in enumerate(after)
+                if (k := shape(b)) not in known and k not in more]
         try:
             quorum = new.quorum(vs)
             if came:

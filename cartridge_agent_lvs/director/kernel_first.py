@@ -30,9 +30,9 @@ policy (:func:`changes`, pure):
   the director cannot tell from a drain: keepalived's reload does it.
 
 Left to keepalived alone: virtual servers added, removed or whose policy changed
-(scheduler, method, persistence, check), and any virtual server the new file leaves
-without a real server of positive weight (its quorum and sorry server are
-keepalived's).  A write the kernel refuses otherwise is logged and counted; the
+(scheduler, method, persistence, check), virtual servers with a ``sorry_server``
+(keepalived swaps it with the real servers as its quorum comes and goes), and any
+virtual server the new file leaves without a real server of positive weight.  A write the kernel refuses otherwise is logged and counted; the
 reload that follows still brings IPVS to the file -- this is a head start, never
 the only path.
 """
@@ -105,7 +105,7 @@ def changes(before: Optional[LvsConfig], after: LvsConfig) -> Tuple[DestChange, 
             continue
         if was.real_servers == vs.real_servers:
             continue
-        if not any(rs.weight > 0 for rs in vs.real_servers):
+        if vs.policy.sorry_server or not any(rs.weight > 0 for rs in vs.real_servers):
             continue                        # quorum and sorry server: keepalived's
         method = vs.policy.forwarding_method
         then = {rs.key: rs for rs in was.real_servers}

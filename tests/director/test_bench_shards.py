@@ -1,6 +1,7 @@
 """``bench/bench_shards.py`` runs only in the kernel VM; its observer's look-up of one
 real server in a service's undecoded answer is checked here, on genuine IPVS
-messages of both address encodings."""
+messages of both address encodings, and so is its reading of keepalived's
+confirmations in the guest's syslog."""
 
 from __future__ import annotations
 
@@ -73,3 +74,25 @@ def test_the_observer_finds_one_real_server_in_the_raw_answer(split):
     assert observer.read("192.0.2.99", "10.1.0.1") == (False, None)   # no such service
     services = sum(1 for r in genl.requests if r["cmd"] == 4)
     assert services == 2            # the service's key was looked up once, then kept
+
+
+def test_confirmations_find_keepalived_s_line_about_the_real_server(tmp_path):
+    """Stamped syslog lines (as the sink writes them): the first line after the event
+    that says keepalived found the destination there (or the real server gone)."""
+    log = tmp_path / "syslog.log"
+    log.write_bytes(b"5.000000 <30>K: IPVS cmd ADDDEST(34) error: Destination already "
+                    b"exists(17) (10.0.0.1:80 -> 10.1.0.5:80)\n")
+    confirmations = bench.Confirmations(str(log))       # what was there is old
+    with open(log, "ab") as f:
+        f.write(b"10.000000 <30>K: IPVS cmd ADDDEST(34) error: Destination already "
+                b"exists(17) (10.0.0.1:80 -> 10.1.0.55:80)\n"
+                b"10.500000 <30>K: service [10.1.0.5]:tcp:80 no longer exist\n"
+                b"11.250000 <30>K: IPVS cmd ADDDEST(34) error: Destination already "
+                b"exists(17) (10.0.0.1:80 -> 10.1.0.5:80)\n"
+                b"12.000000 <30>K: partial line without its end")
+    assert confirmations.wait(10.0, "10.1.0.5", gone=False, timeout=0) == 1.25
+    with pytest.raises(TimeoutError):
+        confirmations.wait(10.0, "10.1.0.5", gone=True, timeout=0)    # looked at once
+    with open(log, "ab") as f:
+        f.write(b"\n13.000000 <30>K: service [10.1.0.5]:tcp:80 no longer exist\n")
+    assert confirmations.wait(12.5, "10.1.0.5", gone=True, timeout=0) == 0.5

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from cartridge_agent_lvs.director.increment import Accepted, Outline, to_check
+from cartridge_agent_lvs.director.increment import Accepted, Outline, shape, to_check
 from cartridge_agent_lvs.director.keepalived import Keepalived, ValidationError
 from cartridge_agent_lvs.director.plan import plan
 from cartridge_agent_lvs.director.render import render, render_checkers
@@ -38,6 +38,11 @@ def text(members: dict, whole: bool = False, weights: dict = None, **settings) -
 
 def check(old: str, new: str):
     return to_check(Outline(old), Outline(new))
+
+
+def shape_of(conf: str, i: int) -> str:
+    """The :func:`shape` of block *i* of the first virtual server of *conf*."""
+    return shape(Outline(conf).servers[0][i])
 
 
 def servers(probe: str) -> list:
@@ -73,10 +78,28 @@ def test_one_file_keeps_its_vrrp_part_in_what_is_checked():
     assert "vrrp_instance VI_IPV4 {" in probe and servers(probe) == [(st.member_ip(0, 2), 1)]
 
 
-def test_a_drain_is_checked_beside_an_accepted_block_that_keeps_the_quorum():
+def test_a_weight_only_change_is_not_new_while_the_quorum_is_met():
+    """A drain (weight 0) or a member back from one: keepalived checks a weight only
+    for its range, and the quorum is compared here."""
     old = text({0: range(3)})
-    new = text({0: range(3)}, weights={st.member_ip(0, 1): 0})
-    assert servers(check(old, new)) == [(st.member_ip(0, 0), 1), (st.member_ip(0, 1), 0)]
+    drained = text({0: range(3)}, weights={st.member_ip(0, 1): 0})
+    assert check(old, drained) is None
+    assert check(drained, old) is None
+    assert shape_of(old, 1) == shape_of(drained, 1)
+
+
+def test_a_weight_keepalived_refuses_keeps_its_block_new():
+    old = text({0: range(3)})
+    for weight in ("2147483648", "-1", "1e3"):
+        new = old.replace(f"{st.member_ip(0, 1)} 80 {{\n        weight 1",
+                          f"{st.member_ip(0, 1)} 80 {{\n        weight {weight}")
+        assert new != old and check(old, new) is not None, weight
+
+
+def test_a_new_drained_block_is_checked_beside_an_accepted_one_that_keeps_the_quorum():
+    old = text({0: range(2)})
+    new = text({0: range(3)}, weights={st.member_ip(0, 2): 0})
+    assert servers(check(old, new)) == [(st.member_ip(0, 0), 1), (st.member_ip(0, 2), 0)]
 
 
 def test_the_last_member_drained_is_checked_as_the_whole_virtual_server_would_be():
@@ -154,7 +177,7 @@ def test_the_memory_keeps_live_blocks_and_a_bounded_number_of_others():
     small = Outline(text({0: range(5)}))
     memory.add(small)
     memory.trim(small)                      # 1044 known > 2 * 5 + 1024: start over
-    assert memory.known(small.prelude, small.heads[0]) == set(small.servers[0])
+    assert memory.known(small.prelude, small.heads[0]) == set(map(shape, small.servers[0]))
     memory.add(Outline(text({0: range(5), 1: range(2)})))
     assert len(memory) == 7
     memory.trim(small)                                  # svc1 left the file
@@ -196,8 +219,8 @@ def test_its_verdict_is_keepalived_verdict_on_the_whole_file(tmp_path):
     seen = {"nothing": 0, "part": 0, "whole": 0, "refused": 0}
     for step in range(48):
         s = rng.choice([0, 1])
-        move = rng.choice(["leave", "come", "back", "drain", "bad", "drain-all",
-                           "service"])
+        move = rng.choice(["leave", "come", "back", "drain", "undrain", "bad",
+                           "drain-all", "service"])
         new_members = {k: set(v) for k, v in members.items()}
         new_drained = set(drained)
         if move == "leave" and len(new_members[s]) > 1:
@@ -210,6 +233,8 @@ def test_its_verdict_is_keepalived_verdict_on_the_whole_file(tmp_path):
             new_members[s].add(max(new_members[s] | {0}) + rng.randint(1, 3))
         elif move == "drain":
             new_drained.add(st.member_ip(s, rng.choice(sorted(new_members[s]))))
+        elif move == "undrain" and new_drained:
+            new_drained.discard(rng.choice(sorted(new_drained)))
         elif move == "drain-all":
             new_drained |= {st.member_ip(s, i) for i in new_members[s]}
         elif move == "service":                 # a service comes or goes

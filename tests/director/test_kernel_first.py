@@ -82,6 +82,9 @@ def test_virtual_servers_new_gone_changed_or_left_empty_are_keepalived_s(setting
     assert kf.changes(before, with_weights(before, {st.member_ip(0, 0): 0,
                                                     st.member_ip(0, 1): 0})) == ()
     assert kf.changes(config({0: [0]}, settings), config({0: [1]}, settings)) != ()
+    sorry = make_settings(str(tmp_path), vip_map=st.vip_map([0, 1]),
+                          sorry_server="192.0.2.99 80")
+    assert kf.changes(config({0: [0, 1]}, sorry), config({0: [0, 1, 2]}, sorry)) == ()
 
 
 def test_requests_decode_as_the_kernel_reads_them():
