@@ -613,8 +613,10 @@ class Suite(EcmpScenarios):
                           result="applied") or 0
         ahead = {d: added_ahead(d) for d in DIRECTORS}
         found = {d: self.log_text(f"{d}-keepalived.log").count("already exists") for d in DIRECTORS}
+        s.check(all(self.director_has(d, v4(name)) for d in DIRECTORS),
+                f"{name} is not in every director's file before it leaves")
         self.set_member(name, "Suspended")
-        L.wait_for(lambda: all(not self.director_has(d, rip(name)) for d in DIRECTORS),
+        L.wait_for(lambda: all(not self.director_has(d, v4(name)) for d in DIRECTORS),
                    pace.scaled(DRAIN_SECONDS + 15), 0.1, f"{name} leaves both directors' file")
         self.set_member(name, "Active")
         back = time.monotonic()
