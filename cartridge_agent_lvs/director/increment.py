@@ -132,6 +132,8 @@ class Accepted:
     def __init__(self) -> None:
         self.prelude: Optional[str] = None
         self._blocks: Dict[str, Set[str]] = {}
+        #: per header, the blocks added last (an unchanged virtual server is skipped)
+        self._last: Dict[str, Tuple[str, ...]] = {}
 
     def known(self, prelude: str, head: str) -> Set[str]:
         """Blocks accepted under *prelude* in the virtual server headed *head*, each
@@ -145,15 +147,21 @@ class Accepted:
         if outline.skeleton is None:
             return
         if outline.prelude != self.prelude:
-            self.prelude, self._blocks = outline.prelude, {}
+            self.prelude, self._blocks, self._last = outline.prelude, {}, {}
         for head, blocks in zip(outline.heads, outline.servers):
-            self._blocks.setdefault(head, set()).update(map(shape, blocks))
+            last = self._last.get(head)
+            if last == blocks and head in self._blocks:
+                continue
+            added = set(last) if last is not None and head in self._blocks else ()
+            self._blocks.setdefault(head, set()).update(
+                shape(b) for b in blocks if b not in added)
+            self._last[head] = blocks
 
     def trim(self, live: Outline) -> None:
         """Forget the virtual servers *live* (the file in place) no longer has, and
         start a live one's memory over from its blocks when it has grown too big."""
         if live.skeleton is None or live.prelude != self.prelude:
-            self.prelude, self._blocks = None, {}
+            self.prelude, self._blocks, self._last = None, {}, {}
             return
         kept: Dict[str, Set[str]] = {}
         for head, blocks in zip(live.heads, live.servers):
@@ -161,6 +169,7 @@ class Accepted:
             kept[head] = known if len(known) <= 2 * len(blocks) + self.SLACK \
                 else set(map(shape, blocks))
         self._blocks = kept
+        self._last = {head: last for head, last in self._last.items() if head in kept}
 
     def __len__(self) -> int:
         return sum(map(len, self._blocks.values()))
@@ -181,10 +190,16 @@ def to_check(validated: Optional[Outline], new: Outline,
             continue
         if len({b[:b.index("{")] for b in after}) != len(after):
             return new.text                 # a real server twice
-        known = set(map(shape, before))
-        more = accepted.known(new.prelude, new.heads[vs]) if accepted is not None else ()
-        came = [i for i, b in enumerate(after)
-                if (k := shape(b)) not in known and k not in more]
+        same = set(before)
+        differ = [i for i, b in enumerate(after) if b not in same]
+        came: List[int] = []
+        if differ:              # shapes only of the blocks not as before, and their own
+            prior = {_head(b): b for b in before}
+            more = accepted.known(new.prelude, new.heads[vs]) if accepted is not None else ()
+            for i in differ:
+                k, was = shape(after[i]), prior.get(_head(after[i]))
+                if k not in more and (was is None or shape(was) != k):
+                    came.append(i)
         try:
             quorum = new.quorum(vs)
             if came:
@@ -202,6 +217,11 @@ def to_check(validated: Optional[Outline], new: Outline,
             blocks = new.servers[vs]
             out += [new.heads[vs], "\n".join(blocks[i] for i in chosen), "\n", new.tails[vs]]
     return "".join(out)
+
+
+def _head(block: str) -> str:
+    """A block's first line (``real_server IP PORT {``): the real server it is."""
+    return block[:block.find("\n")]
 
 
 def _weight(block: str) -> int:
