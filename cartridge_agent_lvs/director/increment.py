@@ -149,10 +149,10 @@ class Accepted:
         if outline.prelude != self.prelude:
             self.prelude, self._blocks, self._last = outline.prelude, {}, {}
         for head, blocks in zip(outline.heads, outline.servers):
-            last = self._last.get(head)
-            if last == blocks and head in self._blocks:
+            last = self._last.get(head, ())     # kept in step with _blocks' headers
+            if last == blocks:
                 continue
-            added = set(last) if last is not None and head in self._blocks else ()
+            added = set(last)
             self._blocks.setdefault(head, set()).update(
                 shape(b) for b in blocks if b not in added)
             self._last[head] = blocks

@@ -35,14 +35,19 @@ IPVS_CMD_ATTR_SERVICE, IPVS_CMD_ATTR_DEST = 1, 2
 #: the service attributes that name a service in a request (af, protocol, addr, port,
 #: fwmark): IPVS_SVC_ATTR_*
 SERVICE_KEY = (1, 2, 3, 4, 5)
-SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT = 1, 2, 3, 4
+# IPVS_SVC_ATTR_*, IPVS_DEST_ATTR_* (include/uapi/linux/ip_vs.h)
+SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK, SVC_SCHED_NAME = 1, 2, 3, 4, 5, 6
+SVC_STATS, SVC_STATS64 = 10, 12
 DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT, DEST_U_THRESH, DEST_L_THRESH = \
     1, 2, 3, 4, 5, 6
-DEST_ADDR_FAMILY = 11
-#: IPPROTO_* of the protocols a virtual server may have
-PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
-#: IP_VS_CONN_F_* of the forwarding methods (MASQ is NAT)
-FORWARDING = {"NAT": 0, "TUN": 2, "DR": 3}
+DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = \
+    7, 8, 10, 11, 12
+#: IPPROTO_* -> protocol name
+PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP"}
+#: IP_VS_CONN_F_FWD_MASK values -> forwarding method
+FORWARDING = {0: "NAT", 1: "LOCAL", 2: "TUN", 3: "DR", 4: "BYPASS"}
+_PROTOCOL_NUMBER = {name: number for number, name in PROTOCOLS.items()}
+_FORWARDING_NUMBER = {name: number for number, name in FORWARDING.items()}
 
 _GENLMSGHDR = struct.Struct("=BBH")   # cmd, version, reserved
 _NLATTR = struct.Struct("=HH")        # len, type
@@ -181,7 +186,7 @@ def service_key(vip: str, port: int, protocol: str) -> bytes:
     family, addr = _address(vip)
     return _attr(IPVS_CMD_ATTR_SERVICE, b"".join((
         _attr(SVC_AF, struct.pack("=H", family)),
-        _attr(SVC_PROTOCOL, struct.pack("=H", PROTOCOLS[protocol])),
+        _attr(SVC_PROTOCOL, struct.pack("=H", _PROTOCOL_NUMBER[protocol])),
         _attr(SVC_ADDR, addr), _attr(SVC_PORT, struct.pack("!H", port)))))
 
 
@@ -193,7 +198,7 @@ def dest(ip: str, port: int, method: Optional[str] = None,
     parts = [_attr(DEST_ADDR, addr), _attr(DEST_PORT, struct.pack("!H", port)),
              _attr(DEST_ADDR_FAMILY, struct.pack("=H", family))]
     if method is not None:
-        parts += [_attr(DEST_FWD_METHOD, struct.pack("=I", FORWARDING[method])),
+        parts += [_attr(DEST_FWD_METHOD, struct.pack("=I", _FORWARDING_NUMBER[method])),
                   _attr(DEST_WEIGHT, struct.pack("=I", weight or 0)),
                   _attr(DEST_U_THRESH, struct.pack("=I", 0)),
                   _attr(DEST_L_THRESH, struct.pack("=I", 0))]

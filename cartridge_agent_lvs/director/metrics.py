@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFami
 from prometheus_client.registry import Collector
 
 from ..errors import HostError
+from . import kernel_first
 from .stats import cluster_totals
 from .status import DirectorView, Observation, document, observe
 
@@ -88,8 +89,8 @@ class LoopMetrics:
             "ahead of keepalived's reload (ipvs_first), by operation (add, remove, "
             "weight) and result (applied; already: IPVS had it, or a health check holds "
             "the real server out; failed: left to the reload)", ("op", "result"))
-        for op in ("add", "remove", "weight"):
-            for result in ("applied", "already", "failed"):
+        for op in kernel_first.OPS:
+            for result in kernel_first.RESULTS:
                 self.ipvs_first.labels(op, result)      # exported from the start, at 0
         self.mass_removal_held = gauge(
             "mass_removal_held", "1 while a mass removal is held back")

@@ -18,12 +18,14 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from ..errors import HostError
-from .ipvs_netlink import Attrs, GenlSocket, NoIpvs, attributes, dump
+from .ipvs_netlink import (DEST_ACTIVE_CONNS, DEST_ADDR, DEST_ADDR_FAMILY,
+                           DEST_FWD_METHOD, DEST_INACT_CONNS, DEST_PORT, DEST_STATS,
+                           DEST_STATS64, DEST_WEIGHT, FORWARDING, PROTOCOLS, SVC_ADDR,
+                           SVC_AF, SVC_FWMARK, SVC_PORT, SVC_PROTOCOL, SVC_SCHED_NAME,
+                           SVC_STATS, SVC_STATS64, Attrs, GenlSocket, NoIpvs, attributes,
+                           dump)
 from .model import LvsConfig
 
-PROTOCOLS = {6: "TCP", 17: "UDP", 132: "SCTP"}
-#: IP_VS_CONN_F_FWD_MASK values
-FORWARDING = {0: "NAT", 1: "LOCAL", 2: "TUN", 3: "DR", 4: "BYPASS"}
 
 
 class IpvsUnavailable(HostError):
@@ -64,12 +66,6 @@ class ServiceStats:
         return (self.address, self.port, self.protocol)
 
 
-# IPVS_SVC_ATTR_*, IPVS_DEST_ATTR_*, IPVS_STATS_ATTR_* (include/uapi/linux/ip_vs.h)
-SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK, SVC_SCHED_NAME = 1, 2, 3, 4, 5, 6
-SVC_STATS, SVC_STATS64 = 10, 12
-DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
-DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_STATS, DEST_ADDR_FAMILY, DEST_STATS64 = \
-    7, 8, 10, 11, 12
 _U16, _U32, _S32, _U64, _BE16 = (struct.Struct(f) for f in ("=H", "=I", "=i", "=Q", "!H"))
 #: counter name -> (IPVS_STATS_ATTR_*, its width in the 32-bit IPVS_*_ATTR_STATS)
 _STATS = {"conns": (1, _U32), "in_packets": (2, _U32), "out_packets": (3, _U32),

@@ -90,7 +90,6 @@ def test_virtual_servers_new_gone_changed_or_left_empty_are_keepalived_s(setting
 def test_requests_decode_as_the_kernel_reads_them():
     """Our encoding, decoded by pyroute2's IPVS message class (the stand-in kernel)."""
     kernel = Kernel()
-    kernel.table = []
     cfg_vs = ("192.0.2.10", 80, "TCP")
     writes = [kf.DestChange(kf.ADD, cfg_vs, RealServer("10.0.0.5", 8080, 3), "DR"),
               kf.DestChange(kf.WEIGHT, cfg_vs, RealServer("10.0.0.5", 8080, 0), "TUN"),
